@@ -19,7 +19,7 @@ setuptools.setup(
                  'License :: OSI Approved :: Apache Software License', 'Natural Language :: English',
                  'Programming Language :: Python :: 3.11', 'Framework :: Jupyter'],
     packages=setuptools.find_packages(include=['neuronb', 'neuronb.*']),
-    include_package_data=True,
+    package_data={'neuronb': ['templates/**/*', 'templates/**/.gitignore']},
     install_requires=cfg.get('requirements', '').split(),
     extras_require={'dev': cfg.get('dev_requirements', '').split()},
     python_requires='>=' + cfg['min_python'],

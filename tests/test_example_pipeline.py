@@ -1,0 +1,159 @@
+"""End to end: the built-in example through the real CLI, then its demo served by Voila and used in Chromium."""
+import io, json, os, socket, subprocess, sys, time
+from pathlib import Path
+import pytest
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, 'WANDB_MODE': 'disabled'}
+TINY = ['-p', 'ingest.n_images=500', '-p', 'train.epochs=4']
+STAGES = ['ingest', 'label', 'prepare', 'analyze', 'train', 'demo']
+
+
+def neuronb(*args, timeout=900, cwd=None):
+    return subprocess.run([str(BIN/'neuronb'), *map(str, args)], capture_output=True, text=True, env=ENV,
+                          timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(scope='module')
+def example(tmp_path_factory):
+    "A project made by `neuronb init` and run once with tiny settings."
+    root = tmp_path_factory.mktemp('e2e')/'digits'
+    made = neuronb('init', root)
+    assert made.returncode == 0, made.stderr
+    run = neuronb('run', root, *TINY)
+    return root, run
+
+
+def test_pipeline_runs_every_stage(example):
+    root, run = example
+    assert run.returncode == 0, run.stdout + run.stderr
+    for i, stage in enumerate(STAGES, 1):
+        assert f'[{i}/6] {stage:<10} ok in' in run.stdout
+    assert 'Executed notebooks (.ipynb and .html): ' in run.stdout
+    assert f'neuronb demo' in run.stdout
+    (folder,) = (root/'runs').iterdir()
+    record = json.loads((folder/'run.json').read_text())
+    assert record['ok'] and [s['stage'] for s in record['stages']] == STAGES
+    for i, stage in enumerate(STAGES, 1):
+        status = json.loads((folder/f'{i:02d}_{stage}.status.json').read_text())
+        assert status['status'] == 'ok'
+        assert (folder/f'{i:02d}_{stage}.html').stat().st_size > 1000
+    metrics = {s['stage']: s['metrics'] for s in record['stages']}
+    assert metrics['ingest']['files_ingested'] == 500 and metrics['ingest']['rejected'] == 1
+    assert metrics['label']['mean_agreement'] > 0.8
+    assert metrics['prepare']['n_train'] > metrics['prepare']['n_test'] > 0
+    assert metrics['train']['test_accuracy'] > 0.8       # 4 epochs on 350 images; the full example reaches >= 0.95
+    assert metrics['demo']['sample_accuracy'] >= 0.5
+    latest = json.loads((root/'data/models/latest.json').read_text())
+    assert latest['version'] == metrics['train']['model_version']
+    assert not list(root.rglob('*.pkl')) and not list(root.rglob('*.pth'))  # weights + JSON, never a pickle
+
+
+def test_analysis_notebook_has_plots(example):
+    root, _ = example
+    (nb,) = (root/'runs').glob('*/04_analyze.ipynb')
+    cells = json.loads(nb.read_text())['cells']
+    pngs = [o for c in cells for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
+    assert len(pngs) >= 4
+
+
+def test_status_shows_last_run(example):
+    root, _ = example
+    out = neuronb('status', root)
+    assert out.returncode == 0 and 'train' in out.stdout and 'test_accuracy=' in out.stdout
+
+
+def test_bad_override_is_refused_before_anything_runs(example):
+    root, _ = example
+    before = sorted((root/'runs').iterdir())
+    out = neuronb('run', root, '-p', 'train.epoch=2')
+    assert out.returncode == 1
+    assert "epoch" in out.stderr and "epochs" in out.stderr and 'Traceback' not in out.stderr
+    assert sorted((root/'runs').iterdir()) == before
+
+
+def test_unknown_stage_is_refused(example):
+    root, _ = example
+    out = neuronb('run', root, '--only', 'deploy')
+    assert out.returncode == 1 and "no stage named 'deploy'" in out.stderr
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def _wait_port(port, proc, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        assert proc.poll() is None, proc.stdout.read()
+        with socket.socket() as s:
+            if s.connect_ex(('127.0.0.1', port)) == 0: return
+        time.sleep(0.2)
+    raise TimeoutError(f'nothing listening on {port}')
+
+
+CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+                 '--disable-component-update', '--disable-sync', '--no-first-run']
+
+
+@pytest.fixture
+def demo_server(example):
+    root, _ = example
+    port = _free_port()
+    proc = subprocess.Popen([str(BIN/'neuronb'), 'demo', str(root), '--port', str(port)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_port(port, proc)
+        yield root, port
+    finally:
+        proc.terminate()
+        try: proc.wait(15)
+        except subprocess.TimeoutExpired: proc.kill()
+
+
+def _digit_on_paper(root):
+    "A held-out digit as a user would photograph it: dark ink on white, bigger, in colour."
+    from PIL import Image, ImageOps
+    index = (root/'data/datasets/digits/index.csv').read_text().splitlines()
+    header = index[0].split(',')
+    rows = [dict(zip(header, line.split(','))) for line in index[1:]]
+    row = next(r for r in rows if r['split'] == 'test')
+    obj = next((root/'data/objects').rglob(row['hash'] + '*'))
+    img = ImageOps.invert(Image.open(obj).convert('L')).resize((96, 96)).convert('RGB')
+    buf = io.BytesIO(); img.save(buf, format='PNG')
+    return buf.getvalue()
+
+
+@pytest.mark.browser
+def test_demo_predicts_an_uploaded_digit_in_chromium(demo_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+    from PIL import Image
+    from neuronb.train.model import load_model, predict_proba
+    root, port = demo_server
+    png = _digit_on_paper(root)
+    (tmp_path/'digit.png').write_bytes(png)
+    latest = json.loads((root/'data/models/latest.json').read_text())['version']
+    model, cfg = load_model(root/'data/models'/latest)
+    expected = cfg['classes'][int(predict_proba(model, cfg, [Image.open(io.BytesIO(png))])[0].argmax())]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(f'http://127.0.0.1:{port}/', wait_until='domcontentloaded')
+        page.wait_for_selector('.nb-upload', timeout=90_000)
+        assert 'test accuracy' in page.inner_text('.nb-model')
+        with page.expect_file_chooser() as chooser:
+            page.click('.nb-upload')
+        chooser.value.set_files(str(tmp_path/'digit.png'))
+        page.wait_for_selector('.nb-prediction-value', timeout=30_000)
+        assert page.inner_text('.nb-prediction-value').strip() == str(expected)
+        assert page.locator('.nb-probs-table > div').count() == 10
+        page.screenshot(path=str(tmp_path/'demo.png'))
+        browser.close()
+
+
+def test_demo_without_a_model_says_what_to_do(tmp_path):
+    made = neuronb('init', tmp_path/'fresh')
+    assert made.returncode == 0
+    out = neuronb('demo', tmp_path/'fresh', '--port', str(_free_port()))
+    assert out.returncode == 1 and 'run the pipeline first' in out.stderr
