@@ -1,0 +1,157 @@
+"Saving and loading models safely (neuronb.train.model): round trip, refusals with clear messages, no unpickling."
+import inspect, json, os, pickle, shutil
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+os.environ.setdefault('WANDB_MODE', 'disabled')
+import neuronb.train.model as nm
+from neuronb.core import ModelError, NeuronbError
+from neuronb.train.model import build_model, load_model, model_version, predict_proba, preprocess, save_model
+
+CFG = {'arch': 'simple_cnn', 'n_classes': 10, 'in_channels': 1, 'width': 8, 'classes': [str(i) for i in range(10)],
+       'size': 32, 'mean': 0.2, 'std': 0.3}
+
+
+@pytest.fixture
+def saved(tmp_path):
+    "A small model saved to tmp_path/'m', its config as written, and a batch to predict."
+    torch.manual_seed(0)
+    model = build_model(CFG)
+    with torch.no_grad():   # non-trivial batch-norm statistics, so that they must round-trip too
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d): m.running_mean.uniform_(-1, 1); m.running_var.uniform_(0.5, 2)
+    cfg = save_model(model, {**CFG, 'metrics': {'valid_accuracy': np.float64(0.98)}, 'data_version': 'abc123'}, tmp_path/'m')
+    x = torch.randn(5, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    return model, cfg, tmp_path/'m', x
+
+
+def _break(folder, name):
+    "A copy of the saved model folder, to break."
+    dst = folder.parent/name
+    shutil.copytree(folder, dst)
+    return dst
+
+
+def test_round_trip_identical_predictions(saved):
+    model, cfg, folder, x = saved
+    model2, cfg2 = load_model(folder)
+    assert cfg2 == cfg
+    assert not model2.training
+    np.testing.assert_array_equal(predict_proba(model2, cfg2, x), predict_proba(model, cfg, x))
+    for (k, a), (k2, b) in zip(model.state_dict().items(), model2.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+
+
+def test_config_contents(saved):
+    _, cfg, folder, _ = saved
+    on_disk = json.loads((folder/'config.json').read_text())
+    assert on_disk == cfg
+    assert cfg['format'] == 'neuronb-model/1'
+    assert cfg['metrics'] == {'valid_accuracy': 0.98} and cfg['data_version'] == 'abc123'
+    for k in ('classes', 'size', 'mean', 'std', 'weights_sha256'): assert k in cfg
+    assert model_version(cfg) == cfg['weights_sha256'][:12]
+    assert sorted(p.name for p in folder.iterdir()) == ['config.json', 'model.safetensors'], "no temp files left"
+
+
+def test_save_requires_normalization_stats(tmp_path):
+    cfg = {k: v for k, v in CFG.items() if k != 'mean'}
+    with pytest.raises(ModelError, match="no 'mean'"): save_model(build_model(cfg), cfg, tmp_path/'m')
+
+
+def test_tampered_weights_refused(saved):
+    folder = _break(saved[2], 'tampered')
+    w = folder/'model.safetensors'
+    b = bytearray(w.read_bytes()); b[len(b) // 2] ^= 0x01; w.write_bytes(bytes(b))
+    with pytest.raises(ModelError, match='changed or replaced after saving') as e: load_model(folder)
+    assert str(folder) in str(e.value)
+
+
+def test_shape_mismatch_refused(saved):
+    folder = _break(saved[2], 'wider')
+    cfg = json.loads((folder/'config.json').read_text())
+    (folder/'config.json').write_text(json.dumps({**cfg, 'width': 16}))
+    with pytest.raises(ModelError, match='do not fit the architecture') as e: load_model(folder)
+    assert 'vs architecture' in str(e.value) and 're-save' in str(e.value)
+
+
+def test_missing_folder_and_files_refused(saved, tmp_path):
+    with pytest.raises(ModelError, match='no model folder') as e: load_model(tmp_path/'nowhere')
+    assert 'nowhere' in str(e.value)
+    folder = _break(saved[2], 'noconfig'); (folder/'config.json').unlink()
+    with pytest.raises(ModelError, match='config.json is missing'): load_model(folder)
+    folder = _break(saved[2], 'noweights'); (folder/'model.safetensors').unlink()
+    with pytest.raises(ModelError, match='model.safetensors is missing'): load_model(folder)
+
+
+def test_bad_config_refused(saved):
+    folder = _break(saved[2], 'badjson'); (folder/'config.json').write_text('{"format": ')
+    with pytest.raises(ModelError, match='not valid JSON'): load_model(folder)
+    cfg = saved[1]
+    folder = _break(saved[2], 'oldformat'); (folder/'config.json').write_text(json.dumps({**cfg, 'format': 'fastai-pkl'}))
+    with pytest.raises(ModelError, match="expected 'neuronb-model/1'"): load_model(folder)
+    folder = _break(saved[2], 'badarch'); (folder/'config.json').write_text(json.dumps({**cfg, 'arch': 'evil'}))
+    with pytest.raises(ModelError, match='known architectures: simple_cnn'): load_model(folder)
+    assert issubclass(ModelError, NeuronbError)
+
+
+class _Boom:
+    "Unpickling this runs code: it creates the marker file."
+    def __init__(self, marker): self.marker = marker
+    def __reduce__(self): return (open, (self.marker, 'w'))
+
+
+def test_pickle_never_loaded(saved, tmp_path):
+    marker = tmp_path/'PWNED'
+    payload = pickle.dumps(_Boom(str(marker)))
+    # a malicious pickle next to the real files is ignored
+    folder = _break(saved[2], 'with_pth')
+    (folder/'model.pth').write_bytes(payload); (folder/'learner.pkl').write_bytes(payload)
+    model, _ = load_model(folder)
+    assert not marker.exists()
+    # a pickle in place of the weights is refused (hash), and still not unpickled
+    folder = _break(saved[2], 'swapped'); (folder/'model.safetensors').write_bytes(payload)
+    with pytest.raises(ModelError, match='changed or replaced'): load_model(folder)
+    # even with a config vouching for it, the pickle is not a safetensors file: refused, not executed
+    cfg = json.loads((folder/'config.json').read_text())
+    cfg['weights_sha256'] = nm._sha256(folder/'model.safetensors')
+    (folder/'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match='not a readable safetensors file'): load_model(folder)
+    assert not marker.exists()
+
+
+def test_no_unpickling_path_in_source():
+    src = inspect.getsource(nm)
+    for bad in ('torch.load', 'pickle', 'load_learner', 'np.load', 'import dill'): assert bad not in src, bad
+
+
+def _light_seven(w=90, h=60):
+    "A black 7 on white paper, RGB, not square, not 32 px."
+    img = Image.new('RGB', (w, h), (250, 250, 245))
+    ImageDraw.Draw(img).line([(25, 10), (65, 10), (40, 55)], fill=(10, 10, 10), width=6)
+    return img
+
+
+def test_preprocess_inverts_light_background():
+    x = preprocess(_light_seven(), CFG)
+    assert x.shape == (1, 1, 32, 32) and x.dtype == torch.float32
+    raw = x[0, 0] * CFG['std'] + CFG['mean']   # back to 0..1
+    assert raw[:2].mean() < 0.05 and raw[-2:].mean() < 0.05, "background is dark after inversion"
+    assert raw.max() > 0.8, "the strokes are bright"
+    # same result from a white-on-black version of the same picture: the inversion is exact
+    dark = Image.fromarray(255 - np.asarray(_light_seven()))
+    torch.testing.assert_close(preprocess(dark, CFG), x)
+
+
+def test_preprocess_other_modes_and_bad_input():
+    for img in (_light_seven().convert('L'), _light_seven().convert('P'), _light_seven().convert('RGBA')):
+        assert preprocess(img, CFG).shape == (1, 1, 32, 32)
+    with pytest.raises(ModelError, match='PIL image'): preprocess(np.zeros((32, 32)), CFG)
+
+
+def test_model_module_imports_no_fastai():
+    import subprocess, sys
+    code = "import sys, neuronb.train.model; print([m for m in ('fastai', 'torchvision') if m in sys.modules])"
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == '[]'
