@@ -9,7 +9,7 @@ from pathlib import Path
 from ..core import ParameterError
 
 # %% auto #0
-__all__ = ['digit_labels', 'digit_png', 'render_digits']
+__all__ = ['digit_labels', 'digit_pixels', 'digit_png', 'render_digits']
 
 # %% ../../nbs/19_data.digits.ipynb #0614995d
 def digit_labels(n:int=0): # how many digits (0: all 1,797)
@@ -25,14 +25,19 @@ def _check_n(n, total):
     return total if n == 0 else min(n, total)
 
 # %% ../../nbs/19_data.digits.ipynb #d75a42d3
-def digit_png(values, # an 8×8 array of values 0..16
-              size=32) -> bytes: # the side of the square PNG, in pixels
-    "One digit as PNG bytes: white ink on black, scaled to `size`×`size` with bilinear interpolation."
+def digit_pixels(values, # an 8×8 array of values 0..16
+                 size=32): # the side of the square image, in pixels
+    "One digit as a `size`×`size` uint8 array: white ink on black, bilinear upscaling."
     import numpy as np
     from PIL import Image
     pixels = np.clip(np.rint(np.asarray(values, dtype=float) * 255 / 16), 0, 255).astype(np.uint8)
-    img = Image.fromarray(pixels).resize((size, size), Image.BILINEAR)
-    buf = io.BytesIO(); img.save(buf, format='PNG')
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
+
+def digit_png(values, # an 8×8 array of values 0..16
+              size=32) -> bytes: # the side of the square PNG, in pixels
+    "One digit as PNG bytes, as `digit_pixels` renders it."
+    from PIL import Image
+    buf = io.BytesIO(); Image.fromarray(digit_pixels(values, size)).save(buf, format='PNG')
     return buf.getvalue()
 
 def _write_whole(path, data):

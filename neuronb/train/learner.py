@@ -13,17 +13,10 @@ from ..core import DataError
 from .model import build_model, images_to_tensor
 
 # %% auto #0
-__all__ = ['render_digit', 'digits_example', 'mean_std', 'TensorLoader', 'combined_cos', 'adamw', 'train_classifier',
-           'accuracy_on', 'confusion_matrix', 'plot_confusion']
+__all__ = ['digits_example', 'mean_std', 'TensorLoader', 'combined_cos', 'adamw', 'train_classifier', 'accuracy_on',
+           'confusion_matrix', 'plot_confusion']
 
 # %% ../../nbs/41_train.learner.ipynb #7fbfde9b
-def render_digit(img8:np.ndarray, # an 8x8 digits image, values 0..16
-                 size:int=32) -> np.ndarray:
-    "The digit as a `size` x `size` uint8 image, the way the example pipeline renders it."
-    from PIL import Image
-    a = np.clip(np.asarray(img8, dtype=np.float64) * (255 / 16), 0, 255).round().astype(np.uint8)
-    return np.asarray(Image.fromarray(a).resize((size, size), Image.BILINEAR))
-
 def digits_example(size:int=32, # rendered image size
                    seed:int=0, # split seed
                    valid_pct:float=0.15, test_pct:float=0.15) -> dict:
@@ -31,7 +24,8 @@ def digits_example(size:int=32, # rendered image size
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     d = load_digits()
-    x = np.stack([render_digit(i, size) for i in d.images])
+    from neuronb.data.digits import digit_pixels
+    x = np.stack([digit_pixels(i, size) for i in d.images])
     y = d.target.astype(np.int64)
     idx = np.arange(len(y))
     rest, test = train_test_split(idx, test_size=test_pct, stratify=y, random_state=seed)
