@@ -75,6 +75,16 @@ def _square(img:Image.Image, fill:int) -> Image.Image:
     out.paste(img, ((s - w) // 2, (s - h) // 2))
     return out
 
+def _crop_to_ink(img:Image.Image, margin:float=0.06) -> Image.Image:
+    "`img` (light ink on dark) cut to the box around its ink, plus `margin` of the box's longer side."
+    a = np.asarray(img)
+    ink = a > max(64, int(a.max()) // 2)
+    if not ink.any(): return img
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    pad = int(round(max(rows[-1] - rows[0], cols[-1] - cols[0]) * margin))
+    return img.crop((max(cols[0] - pad, 0), max(rows[0] - pad, 0),
+                     min(cols[-1] + 1 + pad, a.shape[1]), min(rows[-1] + 1 + pad, a.shape[0])))
+
 # %% ../../nbs/40_train.model.ipynb #b25a6a19
 def _normalize(x:torch.Tensor, cfg:dict) -> torch.Tensor:
     "Float images in 0..1 normalized in place with the config's `mean` and `std`."
@@ -87,8 +97,9 @@ def preprocess(img:Image.Image, # any mode (RGB, RGBA, L, P) and any size
         raise ModelError(f"preprocess expects a PIL image, got {type(img).__name__}; open the file with PIL.Image.open first")
     img = _to_gray(img)
     if _border_mean(np.asarray(img)) > 127: img = ImageOps.invert(img)
-    img = _square(img, int(round(_border_mean(np.asarray(img)))))
-    size = int(cfg['size'])
+    size, background = int(cfg['size']), int(round(_border_mean(np.asarray(img))))
+    if img.size != (size, size): img = _crop_to_ink(img)  # a foreign picture: frame the digit as training did
+    img = _square(img, background)
     if img.size != (size, size): img = img.resize((size, size), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
     return _normalize(x, cfg)[None, None]
