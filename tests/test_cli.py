@@ -14,11 +14,11 @@ def cli(*args, cwd=None):
 def test_help_lists_the_subcommands():
     out = cli('--help')
     assert out.returncode == 0
-    for cmd in ('init', 'run', 'demo', 'status'): assert cmd in out.stdout
+    for cmd in ('init', 'run', 'demo', 'status', 'runs', 'show'): assert cmd in out.stdout
 
 
 @pytest.mark.parametrize('cmd,words', [('init', '--example'), ('run', 'STAGE.NAME=VALUE'), ('demo', '--port'),
-                                       ('status', 'last run')])
+                                       ('status', 'stale'), ('runs', '--limit'), ('show', 'produced each stage')])
 def test_each_subcommand_explains_itself(cmd, words):
     out = cli(cmd, '--help')
     assert out.returncode == 0 and words in out.stdout
@@ -56,7 +56,11 @@ def test_bad_override_syntax(tmp_path):
     assert out.returncode == 1 and 'STAGE.NAME=VALUE' in out.stderr
 
 
-def test_status_without_runs(tmp_path):
+def test_status_and_runs_before_any_run(tmp_path):
     assert cli('init', tmp_path/'p').returncode == 0
     out = cli('status', tmp_path/'p')
+    assert out.returncode == 0 and 'never ran successfully' in out.stdout and '6 of 6 stages would run' in out.stdout
+    out = cli('runs', tmp_path/'p')
     assert out.returncode == 0 and 'No runs yet' in out.stdout
+    out = cli('show', '--dir', tmp_path/'p')
+    assert out.returncode == 1 and 'no runs recorded yet' in out.stderr

@@ -31,8 +31,9 @@ def test_pipeline_runs_every_stage(example):
         assert f'[{i}/6] {stage:<10} ok in' in run.stdout
     assert 'Executed notebooks (.ipynb and .html): ' in run.stdout
     assert f'neuronb demo' in run.stdout
-    (folder,) = (root/'runs').iterdir()
+    (folder,) = [p for p in (root/'runs').iterdir() if p.is_dir() and p.name != 'wandb']
     record = json.loads((folder/'run.json').read_text())
+    assert (folder/'index.html').exists()
     assert record['ok'] and [s['stage'] for s in record['stages']] == STAGES
     for i, stage in enumerate(STAGES, 1):
         status = json.loads((folder/f'{i:02d}_{stage}.status.json').read_text())
@@ -63,21 +64,37 @@ def test_full_example_reaches_95_percent(tmp_path):
 
 def test_analysis_notebook_has_plots(example):
     root, _ = example
-    (nb,) = (root/'runs').glob('*/04_analyze.ipynb')
+    nb = sorted((root/'runs').glob('*/04_analyze.ipynb'))[0]
     cells = json.loads(nb.read_text())['cells']
     pngs = [o for c in cells for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
     assert len(pngs) >= 4
 
 
-def test_status_shows_last_run(example):
+def test_second_run_reuses_everything_and_a_train_parameter_reruns_only_train_and_demo(example):
     root, _ = example
-    out = neuronb('status', root)
-    assert out.returncode == 0 and 'train' in out.stdout and 'test_accuracy=' in out.stdout
+    again = neuronb('run', root, *TINY)
+    assert again.returncode == 0 and 'Everything is up to date' in again.stdout
+    status = neuronb('status', root, )
+    assert status.returncode == 0
+    assert 'train' in status.stdout and 'stale' in status.stdout  # the pipeline file says epochs 10, the run used 5
+    changed = neuronb('run', root, *TINY[:-2], '-p', 'train.lr=0.02')
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    for stage in ('ingest', 'label', 'prepare', 'analyze'):
+        assert f'{stage:<10} up to date' in changed.stdout
+    for stage in ('train', 'demo'):
+        assert f'{stage:<10} ok in' in changed.stdout
+    runs = neuronb('runs', root)
+    assert runs.returncode == 0 and runs.stdout.count('ok') >= 2
+    show = neuronb('show', '--dir', root)
+    assert show.returncode == 0 and 'lr' in show.stdout and 'train' in show.stdout
+    newest = sorted(p for p in (root/'runs').iterdir() if p.is_dir() and p.name != 'wandb')[-1]
+    assert newest.name in show.stdout and (newest/'index.html').exists()
 
 
 def test_bad_override_is_refused_before_anything_runs(example):
     root, _ = example
     before = sorted((root/'runs').iterdir())
+    assert before
     out = neuronb('run', root, '-p', 'train.epoch=2')
     assert out.returncode == 1
     assert "epoch" in out.stderr and "epochs" in out.stderr and 'Traceback' not in out.stderr
