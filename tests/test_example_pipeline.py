@@ -62,6 +62,15 @@ def test_full_example_reaches_95_percent(tmp_path):
     assert metrics['demo']['sample_accuracy'] >= 0.9
 
 
+def test_stage_notebooks_still_run_with_plain_papermill(example, tmp_path):
+    root, _ = example
+    nb = root/'stages/04_analyze.ipynb'   # it only reads, so the project stays as the other tests expect it
+    out = subprocess.run([str(BIN/'papermill'), str(nb), str(tmp_path/'out.ipynb'), '-p', 'samples_per_class', '2', '--cwd', str(nb.parent)],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert 'imbalance_ratio' in (tmp_path/'out.ipynb').read_text()
+
+
 def test_analysis_notebook_has_plots(example):
     root, _ = example
     nb = sorted((root/'runs').glob('*/04_analyze.ipynb'))[0]
