@@ -64,10 +64,18 @@ def find_project_dir(start=None) -> Path:
     raise ConfigError(f"no {PIPELINE_FILE} in {start} or any folder above it; "
                       f"run `neuronb init DIR --example digits` to create a project, or cd into one")
 
-# %% ../nbs/00_core.ipynb #14856d27
-def _umask():
-    mask = os.umask(0); os.umask(mask)
+# %% ../nbs/00_core.ipynb #8f45e405
+def _read_umask() -> int:
+    "The process's umask, read without changing it where /proc allows (os.umask sets it process-wide)."
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    except OSError: pass
+    mask = os.umask(0o022); os.umask(mask)  # at import, before any thread of ours could be creating files
     return mask
+
+_UMASK = _read_umask()
+def _umask(): return _UMASK
 
 def atomic_write(path,  # the file to write
                  data): # `str` (written as UTF-8) or `bytes`

@@ -1,12 +1,16 @@
 """The stage runner end to end: every refusal and every way a stage can fail, in real kernels."""
-import json, os, subprocess, sys
+import json, os, signal, subprocess, sys, threading, time, uuid
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ['WANDB_MODE'] = 'disabled'  # before any kernel starts: kernels inherit it
 
 import pytest
 from neuronb.core import NotebookError, ParameterError, StageFailed, recorded_metrics
-from neuronb.pipeline.runner import StageResult, notebook_parameters, run_notebook, validate_parameters
+from neuronb.pipeline.kernels import KernelPool, is_alive, stop_kernel
+from neuronb.pipeline.runner import StageResult, _kernel, notebook_parameters, run_notebook, validate_parameters
 
 INJECTION = "x=__import__('os').getpid();y"
 
@@ -41,6 +45,39 @@ def assert_clean_failure(res, out):
     doc = json.loads(res.status_path.read_text())
     assert doc['status'] == res.status and doc['error'] == res.error
     return doc
+
+
+def kernel_children():
+    "Live ipykernel processes whose parent is this process."
+    out = []
+    for p in Path('/proc').iterdir():
+        try:
+            state, ppid = (p/'stat').read_text().rsplit(')', 1)[1].split()[:2]
+            if state != 'Z' and int(ppid) == os.getpid() and b'ipykernel' in (p/'cmdline').read_bytes(): out.append(int(p.name))
+        except (OSError, ValueError): pass
+    return sorted(out)
+
+
+def processes_with(marker):
+    "Live processes whose environment holds `marker` (how a test finds the kernels a child process started)."
+    out = []
+    for p in Path('/proc').iterdir():
+        try:
+            if marker.encode() in (p/'environ').read_bytes() and (p/'stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z': out.append(int(p.name))
+        except (OSError, ValueError): pass
+    return out
+
+
+@pytest.fixture(params=['fresh', 'pool'])
+def run(request, tmp_path):
+    "`run_notebook`, on a fresh kernel per stage or on kernels a pool started ahead in the stages' folder."
+    if request.param == 'fresh':
+        yield run_notebook
+        assert kernel_children() == []
+        return
+    with KernelPool(size=1, cwd=tmp_path) as pool:
+        yield partial(run_notebook, pool=pool)
+    assert kernel_children() == [], 'a kernel was left running'
 
 
 @pytest.fixture
@@ -109,10 +146,10 @@ def test_non_literal_default_and_unknown_kernel(stage, tmp_path):
 
 # --- failures: the stage runs and fails; run_notebook returns, the record explains ---------------
 
-def test_cell_raises(tmp_path):
+def test_cell_raises(run, tmp_path):
     nb = make_nb(tmp_path/'boom.ipynb', params("n = 1"), "x = n * 10", "# comment\nraise ValueError(f'bad value {x}')", "print('never')")
     out = tmp_path/'runs'/'boom.ipynb'
-    res = run_notebook(nb, out, {'n': 4}, stage='boom', timeout=30)
+    res = run(nb, out, {'n': 4}, stage='boom', timeout=30)
     assert (res.status, res.error['cell'], res.error['ename'], res.error['evalue']) == ('error', 2, 'ValueError', 'bad value 40')
     doc = assert_clean_failure(res, out)
     assert doc['parameters'] == {'n': 4} and doc['error']['cell'] == 2
@@ -124,10 +161,10 @@ def test_cell_raises(tmp_path):
     assert '\n' not in msg and "stage 'boom'" in msg and 'cell 2' in msg and 'ValueError: bad value 40' in msg and str(out) in msg
 
 
-def test_cell_timeout(tmp_path):
+def test_cell_timeout(run, tmp_path):
     nb = make_nb(tmp_path/'slow.ipynb', params("n = 1"), "import time", "time.sleep(30)", "print('never')")
     out = tmp_path/'runs'/'slow.ipynb'
-    res = run_notebook(nb, out, timeout=2)
+    res = run(nb, out, timeout=2)
     assert res.status == 'timeout' and res.error['cell'] == 2 and res.error['ename'] == 'CellTimeoutError'
     assert res.duration < 20
     assert 'did not finish within the 2 s timeout' in res.error['message']
@@ -139,10 +176,10 @@ def test_cell_timeout(tmp_path):
     with pytest.raises(StageFailed, match="stage 'slow' failed: cell 2 .*did not finish within the 2 s timeout"): res.raise_for_status()
 
 
-def test_kernel_killed(tmp_path):
+def test_kernel_killed(run, tmp_path):
     nb = make_nb(tmp_path/'die.ipynb', params("n = 1"), "import os, signal\nos.write(2, b'fatal: native crash here\\n')\nos.kill(os.getpid(), signal.SIGKILL)", "print('never')")
     out = tmp_path/'runs'/'die.ipynb'
-    res = run_notebook(nb, out, timeout=30)
+    res = run(nb, out, timeout=30)
     assert res.status == 'dead' and res.error['cell'] == 1 and res.error['ename'] == 'DeadKernelError'
     assert 'the kernel died while running cell 1' in res.error['message']
     assert 'fatal: native crash here' in res.error['kernel_log']  # the kernel's own last words are kept
@@ -154,10 +191,10 @@ def test_kernel_killed(tmp_path):
 
 # --- success and compatibility ---------------------------------------------------------------------
 
-def test_ok_run(stage, tmp_path):
+def test_ok_run(run, stage, tmp_path):
     out = tmp_path/'runs'/'stage.ipynb'
     tricky = 'mn"ist\' \\n\n ü {x} \"\"\"'  # quotes, backslashes, newline, unicode: injected as data, never code
-    res = run_notebook(stage, out, {'epochs': 4, 'lr': 1, 'name': tricky}, stage='train', timeout=60)
+    res = run(stage, out, {'epochs': 4, 'lr': 1, 'name': tricky}, stage='train', timeout=60)
     assert isinstance(res, StageResult) and res.status == 'ok' and res.error is None
     assert res.raise_for_status() is res
     m = res.metrics
@@ -194,3 +231,135 @@ def test_plain_papermill_runs_the_same_notebook(stage, tmp_path):
     plain = recorded_metrics(json.loads(out.read_text()))
     ours = run_notebook(stage, tmp_path/'runs'/'stage.ipynb', {'epochs': 4, 'name': 'mnist'}).metrics
     assert plain['score'] == ours['score'] == 2.0 and plain['name'] == ours['name'] == 'mnist'
+
+
+# --- threads (`neuronb run --jobs N`) and kernels started ahead ---------------------------------------
+
+WHERE = ("import os, time\nfrom neuronb.core import record\ntime.sleep(0.5)  # so the stages overlap\n"
+         "record('cwd', os.getcwd()); record('tag', tag); record('pid', os.getpid())")
+
+
+def watch_cwd(stop, seen):
+    "Sample this process's working directory until `stop` is set."
+    while not stop.is_set():
+        seen.add(os.getcwd()); time.sleep(0.002)
+
+
+def run_in_threads(tmp_path, jobs, pool=None):
+    "`jobs` = [(folder name, tag)]: run each stage in a thread of its own, all at once, while watching the cwd."
+    stop, seen, here = threading.Event(), set(), os.getcwd()
+    watcher = threading.Thread(target=watch_cwd, args=(stop, seen)); watcher.start()
+    def one(job):
+        folder, tag = job
+        nb = make_nb(tmp_path/folder/f'{tag}.ipynb', params("tag = 'none'"), WHERE)
+        return run_notebook(nb, tmp_path/'runs'/f'{tag}.ipynb', {'tag': tag}, timeout=60, pool=pool)
+    try:
+        with ThreadPoolExecutor(len(jobs)) as ex: results = list(ex.map(one, jobs))
+    finally:
+        stop.set(); watcher.join()
+    assert seen == {here} and os.getcwd() == here, f'the working directory moved: {seen}'
+    for (folder, tag), res in zip(jobs, results):
+        assert res.status == 'ok', res.error
+        assert Path(res.metrics['cwd']) == (tmp_path/folder).resolve() and res.metrics['tag'] == tag
+        doc = json.loads(res.status_path.read_text())
+        assert doc['parameters'] == {'tag': tag} and doc['metrics'] == res.metrics and res.html.exists()
+    assert len({r.metrics['pid'] for r in results}) == len(jobs), 'two stages shared a kernel'
+    return results
+
+
+def test_three_stages_in_three_threads(tmp_path):
+    for d in 'abc': (tmp_path/d).mkdir()
+    results = run_in_threads(tmp_path, [('a', 'one'), ('b', 'two'), ('c', 'three')])
+    assert max(r.duration for r in results) < sum(r.duration for r in results) * 0.9  # they did overlap
+    assert kernel_children() == []
+    assert not [p for p in (tmp_path/'runs').iterdir() if p.name.startswith('.')], 'a partial or log file was left'
+
+
+def test_threads_share_a_pool(tmp_path):
+    for d in 'ab': (tmp_path/d).mkdir()
+    with KernelPool(size=2, cwd=tmp_path/'a') as pool:
+        run_in_threads(tmp_path, [('a', 'a1'), ('a', 'a2'), ('b', 'b1')], pool=pool)
+        run_in_threads(tmp_path, [('a', 'a3'), ('b', 'b2'), ('b', 'b3')], pool=pool)
+    assert kernel_children() == []
+
+
+def test_pool_stage_runs_on_the_kernel_started_ahead(tmp_path):
+    nb = make_nb(tmp_path/'s.ipynb', params("tag = 'none'"), "import os\nfrom neuronb.core import record\n"
+                 "record('pid', os.getpid()); record('leftover', 'secret' in globals())\nsecret = 1")
+    with KernelPool(size=1, cwd=tmp_path) as pool:
+        ahead = pool._idle[0][1].result(timeout=30).provisioner.pid
+        time.sleep(1)  # the kernel boots meanwhile, as while a previous stage runs
+        first = run_notebook(nb, tmp_path/'runs'/'1.ipynb', pool=pool, timeout=30)
+        second = run_notebook(nb, tmp_path/'runs'/'2.ipynb', pool=pool, timeout=30)
+        assert len(kernel_children()) == 1  # the next stage's kernel, waiting
+    assert first.metrics['pid'] == ahead and second.metrics['pid'] != ahead
+    assert first.metrics['leftover'] is second.metrics['leftover'] is False  # a kernel per stage, never reused
+    assert kernel_children() == []
+    with pytest.raises(NotebookError, match='kernel pool has been shut down'):
+        run_notebook(nb, tmp_path/'runs'/'3.ipynb', pool=pool)
+
+
+def test_pool_of_another_kernel_is_not_used(tmp_path):
+    other = SimpleNamespace(kernel_name='other-kernel', take=lambda cwd: pytest.fail('took a kernel of the wrong kind'))
+    km = _kernel(other, 'python3', tmp_path, tmp_path/'k.log')
+    assert is_alive(km) and km.kernel_log == tmp_path/'k.log'
+    stop_kernel(km)
+    assert not is_alive(km) and kernel_children() == []
+
+
+def test_pool_refuses_bad_arguments(tmp_path):
+    from neuronb.core import ConfigError
+    with pytest.raises(ConfigError, match='size must be a whole number >= 1, got 0'): KernelPool(size=0)
+    with pytest.raises(NotebookError, match="no Jupyter kernel named 'nokernel'"): KernelPool('nokernel')
+    with pytest.raises(NotebookError, match='working directory .*missing does not exist'):
+        run_notebook(make_nb(tmp_path/'s.ipynb', params("x = 1")), tmp_path/'runs'/'s.ipynb', cwd=tmp_path/'missing')
+    assert kernel_children() == []
+
+
+LEAKER = """
+import sys, time
+from neuronb.pipeline.kernels import KernelPool
+from neuronb.pipeline.runner import run_notebook
+pool = KernelPool(size=2, cwd=sys.argv[1], env={'NEURONB_LEAK_TEST': sys.argv[2]})
+if sys.argv[3] == 'run':
+    res = run_notebook(sys.argv[4], sys.argv[5], pool=pool, timeout=60, html=False)
+    print(res.status, flush=True)
+else:
+    pool._idle[-1][1].result(30)
+    print('ready', flush=True)
+    time.sleep(60)  # killed here
+"""
+
+
+def test_no_kernel_outlives_its_process(tmp_path):
+    nb = make_nb(tmp_path/'s.ipynb', params("x = 1"), "print(x)")
+    marker = uuid.uuid4().hex
+    # a normal exit without shutdown(): the pool's atexit handler stops its kernels
+    (tmp_path/'tmp').mkdir()  # where that process's pool keeps its kernels' logs
+    r = subprocess.run([sys.executable, '-c', LEAKER, str(tmp_path), f'{marker}-exit', 'run', str(nb), str(tmp_path/'o.ipynb')],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, 'TMPDIR': str(tmp_path/'tmp')})
+    assert r.returncode == 0 and r.stdout.strip() == 'ok', r.stderr[-2000:]
+    assert processes_with(f'{marker}-exit') == []
+    assert list((tmp_path/'tmp').iterdir()) == [], 'kernel logs were left behind'
+    # killed outright: no handler runs, the kernels notice their parent is gone and exit
+    p = subprocess.Popen([sys.executable, '-c', LEAKER, str(tmp_path), f'{marker}-kill', 'wait'], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, 'TMPDIR': str(tmp_path/'tmp')})
+    try:
+        assert p.stdout.readline().strip() == 'ready'
+        assert len(processes_with(f'{marker}-kill')) == 2
+    finally:
+        p.kill(); p.wait()
+    deadline = time.monotonic() + 15
+    while processes_with(f'{marker}-kill') and time.monotonic() < deadline: time.sleep(0.2)
+    assert processes_with(f'{marker}-kill') == []
+
+
+def test_pool_preloads_modules_without_a_trace(tmp_path):
+    nb = make_nb(tmp_path/'s.ipynb', params("x = 1"), "import sys\nfrom neuronb.core import record\nrecord('had', 'colorsys' in sys.modules)")
+    with KernelPool(size=1, cwd=tmp_path, preload=['colorsys']) as pool:
+        res = run_notebook(nb, tmp_path/'runs'/'s.ipynb', {'x': 2}, pool=pool, timeout=60)
+    plain = run_notebook(nb, tmp_path/'runs'/'plain.ipynb', {'x': 2}, timeout=60)
+    assert res.status == plain.status == 'ok' and res.metrics['had'] is True and plain.metrics['had'] is False
+    code = lambda r: [(c['source'], c['execution_count']) for c in json.loads(r.notebook.read_text())['cells']]
+    assert code(res) == code(plain) and [n for _, n in code(res)] == [1, 2, 3]  # no extra cell, counts from 1
+    assert kernel_children() == []

@@ -125,11 +125,12 @@ class PipelineRun:
 def _now(): return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
 def _new_run_id(): return datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S-') + uuid.uuid4().hex[:4]
 
-# %% ../../nbs/64_pipeline.engine.ipynb #72c75d46
+# %% ../../nbs/64_pipeline.engine.ipynb #4a8046ea
 class _Runner:
     "The state of one pipeline run: registry, run folder, kernels, outcomes."
-    def __init__(self, project, params, echo, argv, pool):
+    def __init__(self, project, params, echo, argv, pool, jobs=1):
         self.project, self.params, self.echo, self.argv, self.pool = project, params, echo, argv, pool
+        self.jobs, self.own_pool = jobs if pool is None else 0, None  # our own pool: kernels start ahead
         self.registry, self.cache = _registry(project), _cache(project)
         self.run_id = self.folder = None
         self.lock = threading.Lock()
@@ -139,15 +140,19 @@ class _Runner:
         if self.echo: self.echo(msg, flush=True)
 
     def start(self):
-        "Create the run's folder and registry record, on the first stage that has to run."
+        "Create the run's folder, registry record and kernel pool, on the first stage that has to run."
         with self.lock:
             if self.run_id: return
+            if self.pool is None and self.jobs:
+                from neuronb.pipeline.kernels import KernelPool
+                first = self.project.root/self.project.stages[0].notebook
+                self.pool = self.own_pool = KernelPool(self.project.kernel, size=self.jobs, cwd=first.parent)
             self.run_id = _new_run_id()
             self.folder = self.project.runs_dir/self.run_id
             self.folder.mkdir(parents=True, exist_ok=True)
             self.registry.start_run(self.project.name, self.run_id, str(self.folder), self.argv)
 
-# %% ../../nbs/64_pipeline.engine.ipynb #d7ef17dc
+# %% ../../nbs/64_pipeline.engine.ipynb #e3c7bcba
 def _record(self, plan, status, *, started, duration=0.0, metrics=None, outputs=None, notebook=None, html=None,
             error=None, skipped=False, reused_from=None):
     self.registry.record_stage(self.run_id, plan.stage, status=status, fingerprint=plan.fingerprint,
@@ -170,7 +175,7 @@ def _run_stage(self, plan) -> StageOutcome:
     self.record(plan, 'running', started=started, notebook=rel(out))
     self.say(f"[{i}/{len(self.index)}] {s.name:<10} running ({plan.reason or 'forced'})")
     res = run_notebook(self.project.root/s.notebook, out, plan.parameters, stage=s.name, kernel_name=self.project.kernel,
-                       timeout=s.timeout or self.project.timeout, **({'pool': self.pool} if self.pool else {}))
+                       timeout=s.timeout or self.project.timeout, pool=self.pool or None)
     status, error, outputs = res.status, res.error, {}
     if status == 'ok':
         outputs, missing = self.missing_outputs(s)
@@ -241,7 +246,7 @@ def _fmt_metrics(metrics, limit=3):
     items = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(metrics.items())[:limit]]
     return ' '.join(items)
 
-# %% ../../nbs/64_pipeline.engine.ipynb #dc6e49d6
+# %% ../../nbs/64_pipeline.engine.ipynb #df699917
 def run_pipeline(project,            # a `Project`, or a path inside one
                  overrides=None,     # {stage: {name: value}} on top of the pipeline file's parameters
                  only=None,          # consider just this stage (or these stages)
@@ -250,14 +255,15 @@ def run_pipeline(project,            # a `Project`, or a path inside one
                  jobs=1,             # how many independent stages may run at once
                  echo=print,         # where progress lines go; None for silence
                  argv=None,          # the command line, for the registry
-                 pool=None):         # a kernel pool to take kernels from (see `neuronb.pipeline.runner`)
+                 pool=None):         # a `KernelPool` to take kernels from; None: one of `jobs` kernels started ahead;
+                                     # False: a fresh kernel per stage
     "Run the stages that are not up to date, in dependency order; every executed notebook is kept under `runs/`."
     project = project if isinstance(project, Project) else load_project(project)
     considered, forced = select_stages(project, only, from_, force)
     params = check_parameters(project, overrides, [project.stage(n) for n in considered])
     params.update({k: v for k, v in check_parameters(project).items() if k not in params})
     os.environ.setdefault('WANDB_MODE', 'offline')
-    r = _Runner(project, params, echo, argv, pool)
+    r = _Runner(project, params, echo, argv, pool, max(1, int(jobs)) if pool is not False else 0)
     try:
         outcomes = r.schedule(considered, set(forced), max(1, int(jobs)))
         run = PipelineRun(r.run_id, r.folder, outcomes)
@@ -267,6 +273,7 @@ def run_pipeline(project,            # a `Project`, or a path inside one
         if r.run_id: r.registry.finish_run(r.run_id, 'interrupted')
         raise
     finally:
+        if r.own_pool: r.own_pool.shutdown()
         r.registry.close(); r.cache.save()
 
 def _finish(r, run, status):
