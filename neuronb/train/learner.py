@@ -9,7 +9,7 @@ from functools import partial
 import numpy as np
 import torch
 from torch import nn
-from ..core import DataError
+from ..core import DataError, ParameterError
 from .model import build_model, images_to_tensor
 
 # %% auto #0
@@ -102,9 +102,9 @@ def combined_cos(pct:float, start, middle, end):
 # %% ../../nbs/41_train.learner.ipynb #f6563304
 _CLASSES = {}
 def _fastai_classes() -> dict:
-    "`TensorLearner` and `FastOptimWrapper`, defined on first use (they subclass fastai's classes)."
+    "`TensorLearner`, `FastOptimWrapper` and `DeviceSmoothLoss`, defined on first use (they subclass fastai's classes)."
     if _CLASSES: return _CLASSES
-    from fastai.learner import Learner
+    from fastai.learner import Learner, AvgSmoothLoss
     from fastai.optimizer import OptimWrapper
     from fastai.callback.core import event
     from fastai.callback.schedule import ParamScheduler
@@ -131,8 +131,22 @@ def _fastai_classes() -> dict:
             if isinstance(v, np.ndarray) and v.shape == (n,): return self._set_hyper(k, list(v))
             return super().set_hyper(k, v)
 
+    class DeviceSmoothLoss(AvgSmoothLoss):
+        "fastai's smoothed training loss, kept on the loss's device: no copy to the CPU, so no wait for the GPU, each batch."
+        def accumulate(self, learn):
+            self.count += 1
+            loss = learn.loss.detach().mean()
+            if self.val.device != loss.device: self.val = self.val.to(loss.device)
+            self.val = torch.lerp(loss, self.val, self.beta)
+
     class TensorLearner(Learner):
         "fastai's `Learner`, with cheaper per-batch bookkeeping."
+        amp = None   # `torch.autocast` arguments for the forward pass and loss, e.g. {'device_type': 'cuda', 'dtype': torch.bfloat16}
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if hasattr(self, 'recorder'): self.recorder.smooth_loss = DeviceSmoothLoss(self.recorder.smooth_loss.beta)
+
         def add_cb(self, cb): self._handlers = {}; return super().add_cb(cb)
         def remove_cb(self, cb): self._handlers = {}; return super().remove_cb(cb)
 
@@ -151,6 +165,24 @@ def _fastai_classes() -> dict:
         def _set_device(self, b):
             return b if isinstance(self.dl, TensorLoader) else super()._set_device(b)
 
+        def _do_one_batch(self):
+            if self.amp is None: return super()._do_one_batch()
+            with torch.autocast(**self.amp):   # fastai's step, with the forward pass and the loss in lower precision
+                self.pred = self.model(*self.xb)
+                self('after_pred')
+                if len(self.yb):
+                    self.loss_grad = self.loss_func(self.pred, *self.yb)
+                    self.loss = self.loss_grad.clone()
+            self('after_loss')
+            if not self.training or not len(self.yb): return
+            self._do_grad_opt()
+
+        def _end_cleanup(self):
+            rec = getattr(self, 'recorder', None)   # the loss curve, read back from the device in one copy
+            if rec is not None and getattr(rec, 'losses', None) and isinstance(rec.losses[0], torch.Tensor):
+                rec.losses = list(torch.stack(rec.losses).cpu())
+            super()._end_cleanup()
+
         def fit_one_cycle(self, n_epoch, lr_max=None, div=25., div_final=1e5, pct_start=0.25, wd=None,
                           moms=None, cbs=None, reset_opt=False, start_epoch=0):
             "fastai's `fit_one_cycle`, its schedules computed with floats."
@@ -161,7 +193,7 @@ def _fastai_classes() -> dict:
                       'mom': combined_cos(pct_start, *(self.moms if moms is None else moms))}
             self.fit(n_epoch, cbs=ParamScheduler(scheds) + L(cbs), reset_opt=reset_opt, wd=wd, start_epoch=start_epoch)
 
-    _CLASSES.update(TensorLearner=TensorLearner, FastOptimWrapper=FastOptimWrapper)
+    _CLASSES.update(TensorLearner=TensorLearner, FastOptimWrapper=FastOptimWrapper, DeviceSmoothLoss=DeviceSmoothLoss)
     return _CLASSES
 
 def _learner_class(): return _fastai_classes()['TensorLearner']
@@ -201,6 +233,12 @@ def _fastai_learner(dls, model, wd, cbs, progress):
     return learn
 
 # %% ../../nbs/41_train.learner.ipynb #263f5be0
+_PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16}   # name: the autocast dtype
+
+def _channels_last(x:torch.Tensor) -> torch.Tensor:
+    "Images N x C x H x W in channels-last memory order."
+    return x.contiguous(memory_format=torch.channels_last)
+
 def train_classifier(x_train:torch.Tensor, y_train:torch.Tensor, # normalized N x 1 x S x S floats, int64 labels
                      x_valid:torch.Tensor, y_valid:torch.Tensor, # the validation split, same form
                      cfg:dict, # model config (see `build_model`) plus 'classes', 'size', 'mean', 'std'
@@ -208,18 +246,24 @@ def train_classifier(x_train:torch.Tensor, y_train:torch.Tensor, # normalized N 
                      wandb_project:str|None=None, # log to this W&B project; None: no W&B
                      wandb_dir=None, # where wandb writes its run folder
                      device=None, # 'cpu', 'cuda', ...; default: where `x_train` is
-                     progress:bool=True): # show fastai's progress bar and epoch table; False: silent
+                     progress:bool=True, # show fastai's progress bar and epoch table; False: silent
+                     precision:str='fp32', # 'bf16': forward pass and loss under bfloat16 autocast (weights stay float32)
+                     channels_last:bool=False): # model and images in channels-last memory order (faster convolutions on GPUs)
     "Fit `build_model(cfg)` with fastai's one-cycle schedule; the trained `Learner` (`learn.model`, `learn.recorder`)."
     from fastai.torch_core import set_seed
     from fastai.data.core import DataLoaders
+    if precision not in _PRECISIONS:
+        raise ParameterError(f"precision {precision!r} is not supported; use one of {', '.join(map(repr, _PRECISIONS))}")
     set_seed(seed)   # cudnn's deterministic/benchmark switches are left to the caller: they only matter on a GPU
     device = torch.device(device) if device is not None else x_train.device
+    if channels_last: x_train, x_valid = _channels_last(x_train), _channels_last(x_valid)
     dls = DataLoaders(TensorLoader(x_train, y_train, bs, shuffle=True, drop_last=len(x_train) > bs, seed=seed),
                       TensorLoader(x_valid, y_valid, bs * 2), device=device)
-    model = build_model(cfg).to(device)
-    hypers = dict(epochs=epochs, lr=lr, bs=bs, seed=seed, wd=wd)
+    model = build_model(cfg).to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    hypers = dict(epochs=epochs, lr=lr, bs=bs, seed=seed, wd=wd, precision=precision, channels_last=channels_last)
     cbs = [_wandb_callback(wandb_project, wandb_dir, cfg, hypers)] if wandb_project else []
     learn = _fastai_learner(dls, model, wd, cbs, progress)
+    if _PRECISIONS[precision] is not None: learn.amp = {'device_type': device.type, 'dtype': _PRECISIONS[precision]}
     try: learn.fit_one_cycle(epochs, lr)
     finally:
         if wandb_project:
