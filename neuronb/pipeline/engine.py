@@ -125,7 +125,7 @@ class PipelineRun:
 def _now(): return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
 def _new_run_id(): return datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S-') + uuid.uuid4().hex[:4]
 
-# %% ../../nbs/64_pipeline.engine.ipynb #4a8046ea
+# %% ../../nbs/64_pipeline.engine.ipynb #b1dcc1fc
 class _Runner:
     "The state of one pipeline run: registry, run folder, kernels, outcomes."
     def __init__(self, project, params, echo, argv, pool, jobs=1):
@@ -133,7 +133,7 @@ class _Runner:
         self.jobs, self.own_pool = jobs if pool is None else 0, None  # our own pool: kernels start ahead
         self.registry, self.cache = _registry(project), _cache(project)
         self.run_id = self.folder = None
-        self.lock = threading.Lock()
+        self.lock, self.reused = threading.RLock(), []
         self.index = {s.name: i for i, s in enumerate(project.stages, 1)}
 
     def say(self, msg):
@@ -151,6 +151,7 @@ class _Runner:
             self.folder = self.project.runs_dir/self.run_id
             self.folder.mkdir(parents=True, exist_ok=True)
             self.registry.start_run(self.project.name, self.run_id, str(self.folder), self.argv)
+            for plan in self.reused: self.record_reused(plan)  # reused before anything had to run: lineage needs them
 
 # %% ../../nbs/64_pipeline.engine.ipynb #e3c7bcba
 def _record(self, plan, status, *, started, duration=0.0, metrics=None, outputs=None, notebook=None, html=None,
@@ -187,7 +188,7 @@ def _run_stage(self, plan) -> StageOutcome:
                         (error or {}).get('message', ''))
 _Runner.run_stage = _run_stage
 
-# %% ../../nbs/64_pipeline.engine.ipynb #c6500324
+# %% ../../nbs/64_pipeline.engine.ipynb #5c44b680
 def _plan(self, name, fps, forced):
     s = self.project.stage(name)
     deps = dependencies(self.project)[name]
@@ -204,11 +205,18 @@ def _current_fp(self, name, fps):
     return plan.fingerprint
 _Runner._current_fp = _current_fp
 
+def _record_reused(self, plan):
+    last = plan.last
+    self.record(plan, 'ok', started=_now(), metrics=last.get('metrics'), outputs=last.get('outputs'),
+                notebook=last.get('notebook'), html=last.get('html'), skipped=True, reused_from=last['run_id'])
+_Runner.record_reused = _record_reused
+
 def _reuse(self, plan) -> StageOutcome:
     i, last = self.index[plan.stage], plan.last
     self.say(f"[{i}/{len(self.index)}] {plan.stage:<10} up to date (reusing run {last['run_id']})")
-    if self.run_id: self.record(plan, 'ok', started=_now(), metrics=last.get('metrics'), outputs=last.get('outputs'),
-                                notebook=last.get('notebook'), html=last.get('html'), skipped=True, reused_from=last['run_id'])
+    with self.lock:  # recorded now if this run has started, else when (and if) it starts
+        if self.run_id: self.record_reused(plan)
+        else: self.reused.append(plan)
     return StageOutcome(plan.stage, 'reused', 0.0, last.get('metrics') or {}, None, 'up to date', reused_from=last['run_id'])
 _Runner.reuse = _reuse
 
