@@ -8,7 +8,7 @@ import html
 from .project import Project, load_project, dependencies
 
 # %% auto #0
-__all__ = ['layers', 'pipeline_svg', 'PipelineView', 'show_pipeline']
+__all__ = ['layers', 'drawn_edges', 'pipeline_svg', 'PipelineView', 'show_pipeline']
 
 # %% ../../nbs/65_pipeline.show.ipynb #cb41de75
 def layers(project) -> dict:
@@ -28,10 +28,21 @@ def _positions(project):
         pos[s.name] = (10 + col[s.name] * (_W + _GX), 10 + r * (_H + _GY))
     return pos
 
-# %% ../../nbs/65_pipeline.show.ipynb #72ee028f
+# %% ../../nbs/65_pipeline.show.ipynb #8114ff7c
+def _ancestors(deps, name, seen=None) -> set:
+    seen = set() if seen is None else seen
+    for d in deps[name]:
+        if d not in seen: seen.add(d); _ancestors(deps, d, seen)
+    return seen
+
+def drawn_edges(project) -> dict:
+    "`{stage: deps}` without the edges another path already implies (prepare → demo when prepare → train → demo)."
+    deps = dependencies(project)
+    return {s: [d for d in ds if not any(d in _ancestors(deps, o) for o in ds if o != d)] for s, ds in deps.items()}
+
 def pipeline_svg(project, states=None) -> str:
     "The stage graph as an SVG string; `states` maps a stage to `(state, reason)`."
-    states, pos, deps = states or {}, _positions(project), dependencies(project)
+    states, pos, deps = states or {}, _positions(project), drawn_edges(project)
     width = max(x for x, _ in pos.values()) + _W + 10
     height = max(y for _, y in pos.values()) + _H + 10
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="13">',
