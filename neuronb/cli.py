@@ -9,9 +9,9 @@ from pathlib import Path
 from .core import NeuronbError
 
 # %% auto #0
-__all__ = ['cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs', 'cmd_show', 'main']
+__all__ = ['cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs', 'cmd_show', 'cmd_data', 'main']
 
-# %% ../nbs/90_cli.ipynb #825b9656
+# %% ../nbs/90_cli.ipynb #9fd80c6d
 _EPILOG = """examples:
   neuronb init digits-demo --example digits   create a project from the built-in example
   neuronb run digits-demo                     run every stage; executed notebooks land in runs/
@@ -60,13 +60,47 @@ def _parser() -> argparse.ArgumentParser:
                        description='Show which data, parameters and code produced each stage\'s results in RUN.')
     s.add_argument('run', metavar='RUN', nargs='?', default=None, help='run id or a unique prefix of one (default: the latest)')
     s.add_argument('--dir', default='.', help='the project folder (default: current folder)')
+    _data_parser(sub)
     return p
 
 def _version():
     from neuronb import __version__
     return __version__
 
-# %% ../nbs/90_cli.ipynb #1b77b25a
+# %% ../nbs/90_cli.ipynb #e970842f
+def _data_parser(sub):
+    d = sub.add_parser('data', help='version datasets in project storage: add, commit, log, diff, checkout, push, pull, gc',
+                       description='Content-addressed dataset versions in the project\'s storage (local, NFS or any fsspec URL).')
+    d.add_argument('--dir', default='.', help='the project folder (default: current folder)')
+    dsub = d.add_subparsers(dest='data_command', metavar='DATA_COMMAND')
+    def ds(parser): parser.add_argument('-d', '--dataset', default='raw', help='dataset name (default: raw)'); return parser
+    a = ds(dsub.add_parser('add', help='stage files from folders, globs, http(s) URLs or fsspec URLs'))
+    a.add_argument('sources', nargs='+', metavar='SOURCE')
+    a.add_argument('--pattern', default='*', help='only files whose name matches, e.g. "*.png"')
+    a.add_argument('--into', default='', help='folder inside the dataset to put the files in')
+    a.add_argument('--images-only', action='store_true', help='reject every file that is not a readable image')
+    a.add_argument('--no-progress', action='store_true', help='no progress bar')
+    c = ds(dsub.add_parser('commit', help='record the staged files as a new version'))
+    c.add_argument('-m', '--message', required=True, help='what changed, in words')
+    l = ds(dsub.add_parser('log', help='list versions, newest first'))
+    l.add_argument('-n', '--limit', type=int, default=20)
+    ds(dsub.add_parser('status', help='staged changes against the latest version'))
+    f = ds(dsub.add_parser('diff', help='files added, removed and changed between two versions'))
+    f.add_argument('a', metavar='A', help='a version id (or prefix), latest, latest~N')
+    f.add_argument('b', metavar='B', nargs='?', default='staged', help='another version, or staged (default)')
+    o = ds(dsub.add_parser('checkout', help='write the files of a version into a folder'))
+    o.add_argument('version', metavar='VERSION'); o.add_argument('dest', metavar='DEST')
+    o.add_argument('--force', action='store_true', help='write into a folder that already has files')
+    for name, what in (('push', 'copy versions and their files to a remote store'), ('pull', 'fetch versions from a remote store')):
+        r = dsub.add_parser(name, help=what)
+        r.add_argument('remote', metavar='REMOTE', help='a path or fsspec URL, e.g. s3://bucket/neuronb')
+        r.add_argument('-d', '--dataset', default=None, help='only this dataset (default: all)')
+    g = dsub.add_parser('gc', help='list (or, with --delete, delete) objects no version refers to')
+    g.add_argument('--delete', action='store_true', help='delete them (default: only list)')
+    g.add_argument('--min-age', type=int, default=3600, help='keep objects younger than this many seconds')
+    return d
+
+# %% ../nbs/90_cli.ipynb #f7306136
 def cmd_init(args):
     from neuronb.pipeline.project import init_project
     project = init_project(args.dir, example=args.example)
@@ -96,7 +130,7 @@ def cmd_demo(args):
     from neuronb.demo import serve_demo
     return serve_demo(args.dir, port=args.port, ip=args.ip, token=args.token)
 
-# %% ../nbs/90_cli.ipynb #cd25e05c
+# %% ../nbs/90_cli.ipynb #9cb2addf
 def cmd_status(args):
     from neuronb.pipeline.engine import pipeline_status
     plans = pipeline_status(args.dir)
@@ -136,8 +170,52 @@ def cmd_show(args):
     finally: reg.close()
     return 0
 
-# %% ../nbs/90_cli.ipynb #ab4769e5
-_COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show}
+# %% ../nbs/90_cli.ipynb #2c1b6740
+def _short(h): return (h or '')[:12]
+
+def _print_version(c):
+    print(f"{_short(c['id'])}  {c['time']}  {c['n']:>6} files  +{c.get('added', 0)} -{c.get('removed', 0)} "
+          f"~{c.get('changed', 0)}  {c.get('message', '')}")
+
+def _print_diff(d):
+    for key, mark in (('added', '+'), ('removed', '-'), ('changed', '~')):
+        for name in d[key][:50]: print(f"{mark} {name}")
+        if len(d[key]) > 50: print(f"{mark} ... and {len(d[key]) - 50} more")
+    print(f"{d['a']} → {d['b']}: {len(d['added'])} added, {len(d['removed'])} removed, {len(d['changed'])} changed")
+
+def cmd_data(args):
+    from neuronb.pipeline.project import load_project
+    import neuronb.data.versions as v
+    if not args.data_command: raise NeuronbError("say what to do: neuronb data {add,commit,log,status,diff,checkout,push,pull,gc} (see --help)")
+    project = load_project(args.dir)
+    store, cmd = project.store(), args.data_command
+    if cmd == 'add':
+        rep = v.add_files(store, args.sources if len(args.sources) > 1 else args.sources[0], dataset=args.dataset,
+                          pattern=args.pattern, into=args.into, images_only=args.images_only,
+                          cache=project.root/'.neuronb'/'data-hashes.json', progress=not args.no_progress)
+        print(repr(rep)); print(f"Next: neuronb data commit -d {args.dataset} -m 'what changed'")
+    elif cmd == 'commit':
+        c = v.commit(store, args.dataset, args.message)
+        print(("Committed " if c['created'] else "Nothing to commit; latest is ") + f"{args.dataset} {_short(c['id'])}")
+        _print_version(c)
+    elif cmd == 'log':
+        for c in v.log(store, args.dataset, args.limit): _print_version(c)
+    elif cmd in ('status', 'diff'):
+        _print_diff(v.diff(store, 'latest', 'staged', args.dataset) if cmd == 'status' else v.diff(store, args.a, args.b, args.dataset))
+    elif cmd == 'checkout':
+        print(f"Wrote {args.dataset} {args.version} into {v.checkout(store, args.version, args.dest, args.dataset, force=args.force)}")
+    elif cmd in ('push', 'pull'):
+        r = getattr(v, cmd)(store, args.remote, dataset=args.dataset)
+        print(f"{cmd}: {r['objects']} objects ({r['bytes']} bytes), commits {r['commits']}")
+    elif cmd == 'gc':
+        r = v.gc(store, dry_run=not args.delete, min_age=args.min_age)
+        verb = 'would delete' if r['dry_run'] else 'deleted'
+        print(f"{verb} {len(r['garbage'])} unreferenced objects ({r['bytes']} bytes); kept {r['kept']}"
+              + ("; run with --delete to delete them" if r['dry_run'] and r['garbage'] else ''))
+    return 0
+
+# %% ../nbs/90_cli.ipynb #1e9e1ffc
+_COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show, 'data': cmd_data}
 
 def main(argv=None) -> int:
     "Run the `neuronb` command line; returns the exit status."

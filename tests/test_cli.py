@@ -64,3 +64,23 @@ def test_status_and_runs_before_any_run(tmp_path):
     assert out.returncode == 0 and 'No runs yet' in out.stdout
     out = cli('show', '--dir', tmp_path/'p')
     assert out.returncode == 1 and 'no runs recorded yet' in out.stderr
+
+
+def test_data_commands_version_a_folder(tmp_path):
+    assert cli('init', tmp_path/'p').returncode == 0
+    incoming = tmp_path/'p/incoming'; incoming.mkdir()
+    (incoming/'a.csv').write_text('x\n1\n')
+    assert cli('data', '--dir', tmp_path/'p', 'add', incoming, '--no-progress').returncode == 0
+    out = cli('data', '--dir', tmp_path/'p', 'commit', '-m', 'first')
+    assert out.returncode == 0 and 'Committed raw' in out.stdout
+    (incoming/'b.csv').write_text('y\n2\n')
+    cli('data', '--dir', tmp_path/'p', 'add', incoming, '--no-progress')
+    cli('data', '--dir', tmp_path/'p', 'commit', '-m', 'second')
+    log = cli('data', '--dir', tmp_path/'p', 'log')
+    assert log.stdout.count('files') == 2 and 'second' in log.stdout.splitlines()[0]
+    diff = cli('data', '--dir', tmp_path/'p', 'diff', 'latest~1', 'latest')
+    assert '+ b.csv' in diff.stdout and '1 added, 0 removed, 0 changed' in diff.stdout
+    out = cli('data', '--dir', tmp_path/'p', 'checkout', 'latest~1', tmp_path/'old')
+    assert out.returncode == 0 and sorted(p.name for p in (tmp_path/'old').iterdir()) == ['a.csv']
+    bad = cli('data', '--dir', tmp_path/'p', 'checkout', 'cafe1234', tmp_path/'x')
+    assert bad.returncode == 1 and "has no version 'cafe1234'" in bad.stderr

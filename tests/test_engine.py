@@ -173,3 +173,27 @@ def test_killed_run_resumes_at_the_interrupted_stage(tmp_path):
     (project.root/'slow').unlink()
     run = run_pipeline(project, echo=None)
     assert statuses(run) == {'make': 'reused', 'double': 'ok', 'report': 'ok'}
+
+
+def test_new_dataset_version_reruns_exactly_its_readers(toy):
+    from neuronb.data.versions import add_files, commit
+    code = ("from neuronb.pipeline.project import load_project\nfrom neuronb.data.versions import resolve\nfrom neuronb.core import record\n"
+            "record('files', resolve(load_project().store(), 'latest', 'raw')['n'])")
+    (toy.root/'stages/count.ipynb').write_text(_stage_nb('', code))
+    pfile = toy.root/'pipeline.yaml'
+    pfile.write_text(pfile.read_text() + '  count: {notebook: stages/count.ipynb, inputs: [dataset:raw]}\n')
+    project = load_project(toy.root)
+    assert {p.stage: p.reason for p in pipeline_status(project)}['count'] == 'never ran successfully'
+    store = project.store()
+    (toy.root/'incoming').mkdir(); (toy.root/'incoming/a.txt').write_text('a')
+    add_files(store, toy.root/'incoming', progress=False); commit(store, message='one file')
+    run = run_pipeline(project, echo=None)
+    assert statuses(run) == {'make': 'reused', 'double': 'reused', 'report': 'reused', 'count': 'ok'}
+    assert run.outcome('count').metrics == {'files': 1}
+    (toy.root/'incoming/b.txt').write_text('b')
+    add_files(store, toy.root/'incoming', progress=False); commit(store, message='two files')
+    plans = {p.stage: p for p in pipeline_status(project)}
+    assert plans['count'].state == 'stale' and plans['count'].reason == 'dataset:raw has a new version'
+    run = run_pipeline(project, echo=None)
+    assert statuses(run) == {'make': 'reused', 'double': 'reused', 'report': 'reused', 'count': 'ok'}
+    assert run.outcome('count').metrics == {'files': 2}

@@ -17,7 +17,7 @@ from .fingerprint import HashCache, stage_parts, fingerprint, output_hashes, why
 __all__ = ['StagePlan', 'plan_stage', 'pipeline_status', 'downstream', 'select_stages', 'StageOutcome', 'PipelineRun',
            'run_pipeline', 'summary_table', 'toy_project']
 
-# %% ../../nbs/64_pipeline.engine.ipynb #93be9296
+# %% ../../nbs/64_pipeline.engine.ipynb #2c7b1417
 @dataclass
 class StagePlan:
     "Where one stage stands: fresh or stale (and why), with the fingerprint it would run with."
@@ -35,14 +35,22 @@ def _registry(project):
 
 def _cache(project): return HashCache(project.root/'.neuronb'/'hashes.json')
 
-# %% ../../nbs/64_pipeline.engine.ipynb #037418cb
+def _store_opener(project):
+    "A callable opening the project's store once, when a `dataset:` input first needs it."
+    store = []
+    def opener():
+        if not store: store.append(project.store())
+        return store[0]
+    return opener
+
+# %% ../../nbs/64_pipeline.engine.ipynb #32b7edda
 def _last_attempt(registry, project, name):
     rows = registry.stage_history(project.name, name, limit=1)
     return rows[0] if rows else None
 
 def plan_stage(project, stage, parameters, upstream, registry, cache) -> StagePlan:
     "Whether `stage` must run, given its merged parameters and its upstream stages' fingerprints."
-    parts = stage_parts(project.root, stage, parameters, upstream, project.kernel, cache)
+    parts = stage_parts(project.root, stage, parameters, upstream, project.kernel, cache, _store_opener(project))
     fp, last = fingerprint(parts), registry.last_ok(project.name, stage.name)
     attempt = _last_attempt(registry, project, stage.name)
     if attempt and attempt['status'] in ('error', 'dead', 'timeout', 'running') and (not last or attempt['started'] > last['started']):
@@ -52,7 +60,7 @@ def plan_stage(project, stage, parameters, upstream, registry, cache) -> StagePl
     if last['fingerprint'] != fp:
         why = why_changed(last.get('inputs') or {}, parts, last.get('parameters'), parameters) or 'fingerprint changed'
         return StagePlan(stage.name, 'stale', why, fp, parts, parameters, last)
-    outs = output_hashes(project.root, stage, cache)
+    outs = output_hashes(project.root, stage, cache, _store_opener(project))
     moved = [p for p, h in outs.items() if (last.get('outputs') or {}).get(p) != h]
     if moved:
         return StagePlan(stage.name, 'stale', '; '.join(f"output {p} {'missing' if outs[p] is None else 'changed since'}" for p in moved),
@@ -153,7 +161,7 @@ class _Runner:
             self.registry.start_run(self.project.name, self.run_id, str(self.folder), self.argv)
             for plan in self.reused: self.record_reused(plan)  # reused before anything had to run: lineage needs them
 
-# %% ../../nbs/64_pipeline.engine.ipynb #e3c7bcba
+# %% ../../nbs/64_pipeline.engine.ipynb #ed05e5e5
 def _record(self, plan, status, *, started, duration=0.0, metrics=None, outputs=None, notebook=None, html=None,
             error=None, skipped=False, reused_from=None):
     self.registry.record_stage(self.run_id, plan.stage, status=status, fingerprint=plan.fingerprint,
@@ -163,7 +171,7 @@ def _record(self, plan, status, *, started, duration=0.0, metrics=None, outputs=
 _Runner.record = _record
 
 def _missing_outputs(self, stage):
-    outs = output_hashes(self.project.root, stage, self.cache)
+    outs = output_hashes(self.project.root, stage, self.cache, _store_opener(self.project))
     return outs, [p for p, h in outs.items() if h is None]
 _Runner.missing_outputs = _missing_outputs
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from ..core import atomic_write
 
 # %% auto #0
-__all__ = ['canonical', 'notebook_code_hash', 'HashCache', 'path_hash', 'stage_parts', 'fingerprint', 'output_hashes',
-           'why_changed']
+__all__ = ['canonical', 'notebook_code_hash', 'HashCache', 'path_hash', 'input_hash', 'stage_parts', 'fingerprint',
+           'output_hashes', 'why_changed']
 
 # %% ../../nbs/63_pipeline.fingerprint.ipynb #0089d603
 def _sha(data:bytes) -> str: return hashlib.sha256(data).hexdigest()
@@ -60,31 +60,41 @@ def path_hash(path, cache=None) -> str|None:
                      if p.is_file() and not p.name.startswith('.'))
     return 'dir:' + _sha(canonical(entries))
 
-# %% ../../nbs/63_pipeline.fingerprint.ipynb #11fcff7f
+# %% ../../nbs/63_pipeline.fingerprint.ipynb #9020cad6
+def input_hash(root, path:str, cache=None, store=None) -> str|None:
+    "The hash of one declared input or output: a file, a folder, or `dataset:NAME`."
+    if not path.startswith('dataset:'): return path_hash(Path(root)/path, cache)
+    from neuronb.core import DataError
+    from neuronb.data.versions import resolve
+    try: return 'dataset:' + resolve(store() if callable(store) else store, 'latest', path[len('dataset:'):])['id']
+    except DataError: return None  # no version committed yet: like a missing file
+
+# %% ../../nbs/63_pipeline.fingerprint.ipynb #21b1dbac
 def stage_parts(root,             # the project folder
                 stage,            # a `Stage`
                 parameters:dict,  # its merged parameters
                 upstream:dict,    # `{stage name: fingerprint}` of the stages it depends on
                 kernel='python3',
-                cache=None) -> dict:
+                cache=None,
+                store=None) -> dict:   # project storage (or a callable opening it), for `dataset:` inputs
     "Everything the stage's result depends on, each part hashed: `{part: hash}`."
     from neuronb import __version__
     root = Path(root)
     parts = {'code': notebook_code_hash(root/stage.notebook), 'parameters': _sha(canonical(parameters)),
              'kernel': kernel, 'neuronb': __version__}
     parts.update({f'after {name}': fp for name, fp in upstream.items()})
-    parts.update({f'input {p}': path_hash(root/p, cache) for p in stage.inputs})
+    parts.update({f'input {p}': input_hash(root, p, cache, store) for p in stage.inputs})
     return parts
 
 def fingerprint(parts:dict) -> str:
     "The fingerprint of a stage: the hash of its parts."
     return _sha(canonical(parts))
 
-def output_hashes(root, stage, cache=None) -> dict:
+def output_hashes(root, stage, cache=None, store=None) -> dict:
     "`{output path: content hash or None}` of the stage's declared outputs."
-    return {p: path_hash(Path(root)/p, cache) for p in stage.outputs}
+    return {p: input_hash(root, p, cache, store) for p in stage.outputs}
 
-# %% ../../nbs/63_pipeline.fingerprint.ipynb #1c85e27b
+# %% ../../nbs/63_pipeline.fingerprint.ipynb #9925d252
 def why_changed(old:dict, new:dict, old_params:dict|None=None, new_params:dict|None=None) -> str:
     "A short sentence naming what differs between two sets of parts."
     changed = [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
@@ -96,6 +106,7 @@ def why_changed(old:dict, new:dict, old_params:dict|None=None, new_params:dict|N
             words.append('parameters changed (' + ', '.join(diff) + ')' if diff else 'parameters changed')
         elif k == 'code': words.append('code changed')
         elif k.startswith('after '): words.append(f"upstream stage {k[6:]!r} changed")
+        elif k.startswith('input dataset:'): words.append(f"{k[6:]} {'has no version' if new.get(k) is None else 'has a new version'}")
         elif k.startswith('input '): words.append(f"input {k[6:]} {'missing' if new.get(k) is None else 'changed'}")
         elif k == 'neuronb': words.append(f"neuronb version {old.get(k)}→{new.get(k)}")
         else: words.append(f"{k} changed")
