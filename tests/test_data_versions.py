@@ -345,3 +345,13 @@ def test_s3_store_commits_and_reads_s3_sources(s3_endpoint, aws_env, tmp_path):
     again = add_files(st, 's3://versions-direct/incoming', cache=tmp_path/'c.json', progress=False, endpoint_url=s3_endpoint)
     assert again.unchanged == 3 and commit(st)['created'] is False  # ETag stamps: nothing read again
     assert tree(checkout(st, 'latest', tmp_path/'out')) == tree(tmp_path/'src') and c['n'] == 3
+
+
+def test_version_files_names_the_objects_of_a_version(tmp_path):
+    from neuronb.data.storage import open_store
+    from neuronb.data.versions import add_files, commit, version_files
+    (tmp_path/'src').mkdir(); (tmp_path/'src/a.txt').write_text('a')
+    store = open_store(tmp_path/'store')
+    add_files(store, tmp_path/'src', dataset='docs', progress=False, cache=False); commit(store, 'docs', 'one')
+    files = version_files(store, 'latest', 'docs')
+    assert list(files) == ['a.txt'] and store.get_object(files['a.txt'], '.txt') == b'a'

@@ -15,8 +15,8 @@ from ..core import StorageError, DataError, atomic_write
 
 # %% auto #0
 __all__ = ['VERSIONS', 'IMAGE_SUFFIXES', 'SourceFile', 'create_new', 'default_cache_path', 'StatCache', 'list_source',
-           'AddReport', 'hash_files', 'add_files', 'remove_files', 'commit', 'datasets', 'log', 'resolve', 'diff',
-           'status', 'checkout', 'push', 'pull', 'verify', 'gc']
+           'AddReport', 'hash_files', 'add_files', 'remove_files', 'commit', 'datasets', 'log', 'resolve',
+           'version_files', 'diff', 'status', 'checkout', 'push', 'pull', 'verify', 'gc']
 
 # %% ../../nbs/12_data.versions.ipynb #1ca7bcdf
 VERSIONS = 'versions'
@@ -470,6 +470,13 @@ def _files_at(store, version, ds) -> tuple:
     if str(version).lower() in ('staged', 'working'): return 'staged', _working(store, ds)[0]
     e = resolve(store, version, ds)
     return e['id'][:12], _manifest(store, e['manifest'])['files']
+
+def version_files(store,            # a `Store` or a URL for `open_store`
+                  version='latest', # a version id (or prefix), 'latest', 'latest~N' or 'staged'
+                  dataset='raw'):   # the dataset
+    "`{name: object hash}` of the files in a version of `dataset`: what a stage reads its data by."
+    store = open_store(store)
+    return dict(_files_at(store, version, _check_dataset(dataset))[1])
 
 def diff(store,            # a `Store` or a URL for `open_store`
          a='latest',       # the older version
