@@ -262,7 +262,7 @@ def _fmt_metrics(metrics, limit=3):
     items = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(metrics.items())[:limit]]
     return ' '.join(items)
 
-# %% ../../nbs/64_pipeline.engine.ipynb #df699917
+# %% ../../nbs/64_pipeline.engine.ipynb #43f07e6f
 def run_pipeline(project,            # a `Project`, or a path inside one
                  overrides=None,     # {stage: {name: value}} on top of the pipeline file's parameters
                  only=None,          # consider just this stage (or these stages)
@@ -276,6 +276,8 @@ def run_pipeline(project,            # a `Project`, or a path inside one
     "Run the stages that are not up to date, in dependency order; every executed notebook is kept under `runs/`."
     project = project if isinstance(project, Project) else load_project(project)
     considered, forced = select_stages(project, only, from_, force)
+    if any(p.startswith(('store:', 'dataset:')) for s in project.stages for p in s.inputs + s.outputs):
+        project.store()  # a missing bucket or missing credentials: one clear message before anything runs
     params = check_parameters(project, overrides, [project.stage(n) for n in considered])
     params.update({k: v for k, v in check_parameters(project).items() if k not in params})
     os.environ.setdefault('WANDB_MODE', 'offline')

@@ -60,9 +60,25 @@ def path_hash(path, cache=None) -> str|None:
                      if p.is_file() and not p.name.startswith('.'))
     return 'dir:' + _sha(canonical(entries))
 
-# %% ../../nbs/63_pipeline.fingerprint.ipynb #9020cad6
+# %% ../../nbs/63_pipeline.fingerprint.ipynb #eb75b844
+def _remote_hash(store, rel) -> str|None:
+    "A hash of a file or folder on object storage, from the metadata of a listing."
+    fs, full = store.fs, store.path(rel)
+    try: found = fs.find(full, detail=True) or ({full: fs.info(full)} if fs.isfile(full) else {})
+    except FileNotFoundError: return None
+    if not found: return None
+    meta = sorted((k[len(full):], str(v.get('ETag') or v.get('etag') or (v.get('size'), v.get('LastModified') or v.get('mtime'))))
+                  for k, v in found.items())
+    return 'meta:' + _sha(canonical(meta))
+
+def _store_hash(store, rel, cache) -> str|None:
+    if not store.is_object_store and 'file' in (store.fs.protocol if isinstance(store.fs.protocol, (tuple, list)) else (store.fs.protocol,)):
+        return path_hash(Path(store.path(rel)), cache)
+    return _remote_hash(store, rel)
+
 def input_hash(root, path:str, cache=None, store=None) -> str|None:
-    "The hash of one declared input or output: a file, a folder, or `dataset:NAME`."
+    "The hash of one declared input or output: a file, a folder, `store:PATH` or `dataset:NAME`."
+    if path.startswith('store:'): return _store_hash(store() if callable(store) else store, path[len('store:'):], cache)
     if not path.startswith('dataset:'): return path_hash(Path(root)/path, cache)
     from neuronb.core import DataError
     from neuronb.data.versions import resolve
