@@ -4,7 +4,8 @@
 #   2. print the GPU and the versions in use;
 #   3. smoke test (bench/gpu_smoke.py): train on cuda (bf16 + channels-last, then fp32), accuracy >= 0.9,
 #      save_model/load_model round trip, fewer host syncs than batches;
-#   4. bench/train_vs_torch.py --device cuda (bf16, channels-last, bs 512), then an fp32 variant, each with the
+#   4. bench/train_vs_torch.py --device cuda (bf16, channels-last, bs 512), then an fp32 variant, then resnet18
+#      (bf16, channels-last, bs 512: DESIGN.md's GPU baseline; needs torchvision on the machine), each with the
 #      GPU's busy % sampled by nvidia-smi every 200 ms.
 # Usage, from the repo root: bash bench/gpu.sh            (on the GPU machine; needs .whl/ carried along)
 #                            bash bench/gpu.sh --cpu-dry-run   (here: no wheels, device cpu, tiny settings)
@@ -29,6 +30,7 @@ if (( DRY )); then
   SMOKE_ARGS=(--device cpu --epochs 2 --precisions bf16,fp32)
   BENCH_ARGS=(--device cpu --epochs 1 --repeats 1 --bs 128 --copies 2 --precision bf16 --channels-last)
   BENCH2_ARGS=(--device cpu --epochs 1 --repeats 1 --bs 128 --precision fp32 --no-plain)
+  BENCH3_ARGS=(--device cpu --arch resnet18 --epochs 1 --repeats 1 --bs 2 --images 16 --precision fp32 --no-plain)
 else
   PY=python3
   ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/*.whl here: run with carry [\".whl\"]" >&2; exit 1; }
@@ -39,6 +41,7 @@ else
   SMOKE_ARGS=(--device cuda --epochs 4 --precisions bf16,fp32)
   BENCH_ARGS=(--device cuda)
   BENCH2_ARGS=(--device cuda --precision fp32 --no-channels-last --no-plain --repeats 3)
+  BENCH3_ARGS=(--device cuda --arch resnet18 --epochs 3 --no-plain --repeats 3)
   echo "wheels installed in $((SECONDS - T0)) s"
 fi
 
@@ -87,7 +90,7 @@ import fastai.learner, fastai.callback.schedule, fastai.callback.progress, fasta
 from neuronb.train.learner import _fastai_classes; _fastai_classes()
 print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda,
       '| gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)
-print(' | '.join(f'{d} {version(d)}' for d in ('fastai', 'fastcore', 'fastprogress', 'fasttransform', 'plum-dispatch',
+print(' | '.join(f'{d} {version(d)}' for d in ('torchvision', 'fastai', 'fastcore', 'fastprogress', 'fasttransform', 'plum-dispatch',
       'python-fasthtml', 'starlette', 'anyio', 'rich', 'numpy', 'pandas', 'scikit-learn', 'safetensors')))
 print('fastai from', fastai.__file__)"
 step smoke 80 "$PY" bench/gpu_smoke.py "${SMOKE_ARGS[@]}"
@@ -97,6 +100,15 @@ util_stop bench_bf16 | tee -a "$LOGS/bench_bf16.txt"
 util_start bench_fp32
 step bench_fp32 50 "$PY" bench/train_vs_torch.py "${BENCH2_ARGS[@]}"
 util_stop bench_fp32 | tee -a "$LOGS/bench_fp32.txt"
+if "$PY" -c "import torchvision" 2>/dev/null; then
+  util_start bench_resnet18
+  step bench_resnet18 75 "$PY" bench/train_vs_torch.py "${BENCH3_ARGS[@]}"
+  util_stop bench_resnet18 | tee -a "$LOGS/bench_resnet18.txt"
+else
+  echo; echo "=== bench_resnet18: FAIL: torchvision is not importable here; carry a torchvision wheel built for this" \
+    "machine's torch and python in .whl/" | tee "$LOGS/bench_resnet18.txt"
+  FAILED+=("bench_resnet18 (no torchvision)")
+fi
 
 echo
 echo "=== done in $((SECONDS - T0)) s on $DEV; logs in $LOGS"

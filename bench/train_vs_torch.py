@@ -17,8 +17,14 @@ cudnn's autotuner is on, the batch is 512 and the training split is repeated 16 
 of 512: far too little work to time a GPU with). Every choice can be overridden; the CPU defaults are the
 original benchmark's (fp32, 128 per batch, one copy of the data, contiguous memory).
 
-Usage: python bench/train_vs_torch.py [--device auto|cpu|cuda] [--precision fp32|bf16] [--epochs 5] [--bs N]
-       [--copies N] [--[no-]channels-last] [--repeats 7] [--no-plain]
+`--arch` picks the model: `simple_cnn` (the example pipeline's, the default), `resnet18` (torchvision's, adapted
+for 32 px: the DESIGN baseline on a GPU) or `linear` (a single linear layer registered by this script: the arithmetic
+is nearly free, so the time per step is the training loop's own overhead; use it with a small batch, e.g. `--bs 8`,
+to measure how many microseconds per step neuronb's loop costs beyond the hand-written one: `overhead_us_per_step`).
+
+Usage: python bench/train_vs_torch.py [--arch simple_cnn|resnet18|linear] [--device auto|cpu|cuda]
+       [--precision fp32|bf16] [--epochs 5] [--bs N] [--copies N] [--images N] [--[no-]channels-last]
+       [--repeats 7] [--no-plain]
 The last line printed is one JSON object.
 """
 import argparse, contextlib, json, os, statistics, time
@@ -27,14 +33,17 @@ os.environ.setdefault('WANDB_MODE', 'disabled')
 import torch
 from torch import nn
 from neuronb.train.learner import train_classifier, digits_example, mean_std, accuracy_on
-from neuronb.train.model import build_model, images_to_tensor
+from neuronb.train.model import ARCHS, build_model, images_to_tensor
+
+ARCHS.setdefault('linear', lambda n_classes=10, in_channels=1, size=32, **_:   # the overhead probe: almost no arithmetic
+                 nn.Sequential(nn.Flatten(), nn.Linear(in_channels * size * size, n_classes)))
 
 
-def make_data():
+def make_data(arch='simple_cnn'):
     "Train/valid tensors and the model config, as the example pipeline's train stage builds them."
     data = digits_example(32, seed=0)
     mean, std = mean_std(data['train'][0])
-    cfg = {'arch': 'simple_cnn', 'n_classes': 10, 'in_channels': 1, 'width': 32,
+    cfg = {'arch': arch, 'n_classes': 10, 'in_channels': 1, 'width': 32,
            'classes': [str(i) for i in range(10)], 'size': 32, 'mean': mean, 'std': std}
     tens = lambda k: (images_to_tensor(data[k][0], cfg), torch.from_numpy(data[k][1]))
     return (*tens('train'), *tens('valid'), cfg)
@@ -129,12 +138,16 @@ def settings(a):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--arch', choices=['simple_cnn', 'resnet18', 'linear'], default='simple_cnn',
+                   help='linear: a nearly free model, so the timings are the loops\' per-step overhead')
     p.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='auto: cuda when available')
     p.add_argument('--precision', choices=['fp32', 'bf16'], default=None, help='default: bf16 on cuda, fp32 on cpu')
     p.add_argument('--epochs', type=int, default=5)
     p.add_argument('--bs', type=int, default=None, help='default: 512 on cuda, 128 on cpu')
     p.add_argument('--copies', type=int, default=None, help='train on this many copies of the training split '
                    '(default: 16 on cuda, 1 on cpu)')
+    p.add_argument('--images', type=int, default=None, help='use only the first N training (before the copies) and '
+                   'validation images: a quick run of a big model on a CPU')
     p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
                    help='model and images in channels-last memory order (default: on cuda only)')
     p.add_argument('--lr', type=float, default=3e-3)
@@ -148,7 +161,8 @@ def main(argv=None):
     dev = torch.device(a.device)
     gpu_name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else None
     if dev.type == 'cuda': torch.backends.cudnn.benchmark = True   # fixed shapes: let cudnn pick its fastest kernels
-    xt, yt, xv, yv, cfg = make_data()
+    xt, yt, xv, yv, cfg = make_data(a.arch)
+    if a.images: xt, yt, xv, yv = xt[:a.images], yt[:a.images], xv[:a.images], yv[:a.images]
     xt, yt = xt.repeat(a.copies, 1, 1, 1), yt.repeat(a.copies)
     if a.channels_last: xt, xv = (x.contiguous(memory_format=torch.channels_last) for x in (xt, xv))
     xt, yt, xv, yv = (t.to(dev) for t in (xt, yt, xv, yv))   # resident on the device before any clock starts
@@ -170,13 +184,16 @@ def main(argv=None):
     img_s = {k: n_img / min(v) for k, v in times.items()}
     where = f"{gpu_name}, {a.precision}{', channels_last' if a.channels_last else ''}" if gpu_name else \
             f"cpu, {torch.get_num_threads()} threads, {a.precision}{', channels_last' if a.channels_last else ''}"
-    print(f"digits 32 px, {len(xt)} train ({a.copies} x {len(xt) // a.copies}) / {len(xv)} valid images, {a.epochs} epochs, "
+    overhead_us = 1e6 * (min(times['neuronb']) - min(times['torch loop'])) / n_steps
+    print(f"{a.arch}, digits 32 px, {len(xt)} train ({a.copies} x {len(xt) // a.copies}) / {len(xv)} valid images, {a.epochs} epochs, "
           f"bs {a.bs}, {n_steps} steps, {a.repeats} rounds ({where})")
     print(f"{'path':<16}{'best s':>8}{'median s':>10}{'ms/step':>9}{'img/s':>10}{'vs torch':>10}{'valid acc':>11}")
     for k, v in times.items():
         print(f"{k:<16}{min(v):>8.3f}{statistics.median(v):>10.3f}{1e3 * min(v) / n_steps:>9.3f}{img_s[k]:>10.0f}"
               f"{img_s[k] / img_s['torch loop']:>10.3f}{acc[k]:>11.4f}")
+    print(f"neuronb's loop costs {overhead_us:+.1f} us/step beyond the hand-written one (best rounds)")
     print(json.dumps({'bench': 'train_vs_torch', 'value': round(img_s['neuronb'] / img_s['torch loop'], 4), 'unit': 'ratio',
+                      'arch': a.arch, 'overhead_us_per_step': round(overhead_us, 1),
                       'neuronb_img_s': round(img_s['neuronb'], 1), 'torch_img_s': round(img_s['torch loop'], 1),
                       'epochs': a.epochs, 'bs': a.bs, 'device': dev.type, 'gpu_name': gpu_name,
                       'precision': a.precision, 'channels_last': a.channels_last, 'train_images': len(xt),

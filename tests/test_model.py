@@ -92,7 +92,7 @@ def test_bad_config_refused(saved):
     folder = _break(saved[2], 'oldformat'); (folder/'config.json').write_text(json.dumps({**cfg, 'format': 'fastai-pkl'}))
     with pytest.raises(ModelError, match="expected 'neuronb-model/1'"): load_model(folder)
     folder = _break(saved[2], 'badarch'); (folder/'config.json').write_text(json.dumps({**cfg, 'arch': 'evil'}))
-    with pytest.raises(ModelError, match='known architectures: simple_cnn'): load_model(folder)
+    with pytest.raises(ModelError, match='known architectures: resnet18, simple_cnn'): load_model(folder)
     assert issubclass(ModelError, NeuronbError)
 
 
@@ -124,6 +124,24 @@ def test_pickle_never_loaded(saved, tmp_path):
 def test_no_unpickling_path_in_source():
     src = inspect.getsource(nm)
     for bad in ('torch.load', 'pickle', 'load_learner', 'np.load', 'import dill'): assert bad not in src, bad
+
+
+def test_resnet18_round_trip(tmp_path):
+    cfg = {**CFG, 'arch': 'resnet18'}
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():   # non-trivial batch-norm statistics, so that they must round-trip too
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d): m.running_mean.uniform_(-1, 1); m.running_var.uniform_(0.5, 2)
+    saved = save_model(model, cfg, tmp_path/'r18')
+    model2, cfg2 = load_model(tmp_path/'r18')
+    assert cfg2 == saved and cfg2['arch'] == 'resnet18'
+    x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_array_equal(predict_proba(model2, cfg2, x), predict_proba(model, cfg, x))
+    assert isinstance(model2.maxpool, torch.nn.Identity) and model2.conv1.stride == (1, 1)
+    # a config whose arch does not match the weights is refused, naming the difference
+    (tmp_path/'r18'/'config.json').write_text(json.dumps({**cfg2, 'arch': 'simple_cnn'}))
+    with pytest.raises(ModelError, match='do not fit the architecture'): load_model(tmp_path/'r18')
 
 
 def _light_seven(w=90, h=60):

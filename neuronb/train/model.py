@@ -13,8 +13,8 @@ from PIL import Image, ImageOps
 from ..core import ModelError
 
 # %% auto #0
-__all__ = ['ARCHS', 'MODEL_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE', 'conv_bn_relu', 'simple_cnn', 'build_model', 'preprocess',
-           'images_to_tensor', 'predict_proba', 'save_model', 'load_model', 'model_version']
+__all__ = ['ARCHS', 'MODEL_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE', 'conv_bn_relu', 'simple_cnn', 'build_model', 'resnet18',
+           'preprocess', 'images_to_tensor', 'predict_proba', 'save_model', 'load_model', 'model_version']
 
 # %% ../../nbs/40_train.model.ipynb #a50df63a
 def conv_bn_relu(ni:int, # input channels
@@ -47,6 +47,20 @@ def build_model(cfg:dict) -> nn.Module: # cfg: {'arch': 'simple_cnn', 'n_classes
     kw = {k: v for k, v in cfg.items() if k != 'arch'}
     if 'n_classes' not in kw and 'classes' in kw: kw['n_classes'] = len(kw['classes'])
     return ARCHS[arch](**kw)
+
+# %% ../../nbs/40_train.model.ipynb #1335a062
+def resnet18(n_classes:int=10, # number of output classes
+             in_channels:int=1, # 1 for grayscale
+             **_) -> nn.Module:
+    "torchvision's ResNet-18 with random weights, for small images: a 3x3 stride-1 stem and no max-pool."
+    from torchvision.models import resnet18 as tv_resnet18   # here, not at import: torchvision takes seconds to import
+    model = tv_resnet18(weights=None, num_classes=n_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode='fan_out', nonlinearity='relu')   # as torchvision inits its stem
+    model.maxpool = nn.Identity()
+    return model
+
+ARCHS['resnet18'] = resnet18
 
 # %% ../../nbs/40_train.model.ipynb #12a16589
 def _to_gray(img:Image.Image) -> Image.Image:
