@@ -6,18 +6,8 @@ import io, json, os, shutil, statistics, sys, tempfile, time
 from pathlib import Path
 
 
-def make_pngs(folder, n=10_000, size=28, per_dir=1000, seed=0):
-    "Write `n` distinct grayscale noise PNGs into `folder` (sub-folders of `per_dir` files); returns total bytes."
-    import numpy as np
-    from PIL import Image
-    rng, total = np.random.default_rng(seed), 0
-    for i in range(n):
-        d = Path(folder)/f"part{i // per_dir:03d}"
-        if i % per_dir == 0: d.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(buf, format='PNG')
-        (d/f"img{i:05d}.png").write_bytes(buf.getvalue()); total += buf.tell()
-    return total
+sys.path.insert(0, str(Path(__file__).parent))
+from _pngs import make_pngs  # noqa: E402
 
 
 def main(n=10_000, repeats=5):

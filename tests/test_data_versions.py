@@ -295,23 +295,7 @@ def test_pull_rejects_corrupt_remote_object(tmp_path):
 
 # --- S3 through moto's standalone server ---------------------------------------------------------------
 
-@pytest.fixture(scope='module')
-def s3_endpoint():
-    pytest.importorskip('moto.server'); pytest.importorskip('s3fs')
-    from moto.server import ThreadedMotoServer
-    logging.getLogger('werkzeug').setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)
-    server.start()
-    try: yield f"http://127.0.0.1:{server._server.server_port}"
-    finally: server.stop()
-
-@pytest.fixture
-def aws_env(monkeypatch, tmp_path):
-    for k in ('AWS_PROFILE', 'AWS_SESSION_TOKEN', 'AWS_ENDPOINT_URL', 'AWS_ENDPOINT_URL_S3'): monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv('AWS_ACCESS_KEY_ID', 'testing'); monkeypatch.setenv('AWS_SECRET_ACCESS_KEY', 'testing')
-    monkeypatch.setenv('AWS_DEFAULT_REGION', 'us-east-1'); monkeypatch.setenv('AWS_EC2_METADATA_DISABLED', 'true')
-    monkeypatch.setenv('AWS_CONFIG_FILE', str(tmp_path/'none')); monkeypatch.setenv('AWS_SHARED_CREDENTIALS_FILE', str(tmp_path/'none'))
-    return monkeypatch
+# s3_endpoint and aws_env come from conftest.py
 
 def test_s3_push_pull_checkout_end_to_end(s3_endpoint, aws_env, tmp_path):
     import s3fs
