@@ -9,9 +9,9 @@ from pathlib import Path
 from .core import NeuronbError
 
 # %% auto #0
-__all__ = ['cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs', 'cmd_show', 'cmd_data', 'main']
+__all__ = ['cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs', 'cmd_show', 'cmd_sync', 'cmd_data', 'main']
 
-# %% ../nbs/90_cli.ipynb #9fd80c6d
+# %% ../nbs/90_cli.ipynb #4d1c4cde
 _EPILOG = """examples:
   neuronb init digits-demo --example digits   create a project from the built-in example
   neuronb run digits-demo                     run every stage; executed notebooks land in runs/
@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
                        description='Show which data, parameters and code produced each stage\'s results in RUN.')
     s.add_argument('run', metavar='RUN', nargs='?', default=None, help='run id or a unique prefix of one (default: the latest)')
     s.add_argument('--dir', default='.', help='the project folder (default: current folder)')
+    s = sub.add_parser('sync', help='upload the offline W&B runs of a project (needs `wandb login`)',
+                       description='Upload the W&B runs recorded offline under runs/wandb/ that are not uploaded yet, '
+                                   'each within --timeout seconds.')
+    s.add_argument('dir', metavar='DIR', nargs='?', default='.', help='the project folder (default: current folder)')
+    s.add_argument('--timeout', type=int, default=300, help='seconds one run may take to upload (default: 300)')
     _data_parser(sub)
     return p
 
@@ -170,7 +175,15 @@ def cmd_show(args):
     finally: reg.close()
     return 0
 
-# %% ../nbs/90_cli.ipynb #2c1b6740
+# %% ../nbs/90_cli.ipynb #eff28447
+def cmd_sync(args):
+    from neuronb.core import find_project_dir
+    from neuronb.tracking import sync_runs
+    done = sync_runs(find_project_dir(args.dir), timeout=args.timeout)
+    print(f"Uploaded {len(done)} W&B run(s)." if done else "No offline W&B runs waiting to be uploaded.")
+    return 0
+
+# %% ../nbs/90_cli.ipynb #67e02d7f
 def _short(h): return (h or '')[:12]
 
 def _print_version(c):
@@ -214,8 +227,8 @@ def cmd_data(args):
               + ("; run with --delete to delete them" if r['dry_run'] and r['garbage'] else ''))
     return 0
 
-# %% ../nbs/90_cli.ipynb #1e9e1ffc
-_COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show, 'data': cmd_data}
+# %% ../nbs/90_cli.ipynb #3809fcf1
+_COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show, 'data': cmd_data, 'sync': cmd_sync}
 
 def main(argv=None) -> int:
     "Run the `neuronb` command line; returns the exit status."
