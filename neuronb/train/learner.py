@@ -420,7 +420,9 @@ def train_classifier(x_train:torch.Tensor, y_train:torch.Tensor, # normalized N 
                      device=None, # 'cpu', 'cuda', ...; default: where `x_train` is
                      progress:bool=True, # show fastai's progress bar and epoch table; False: silent
                      precision:str='fp32', # 'bf16': forward pass and loss under bfloat16 autocast (weights stay float32)
-                     channels_last:bool=False): # model and images in channels-last memory order (faster convolutions on GPUs)
+                     channels_last:bool=False, # model and images in channels-last memory order (faster convolutions on GPUs)
+                     patience:int|None=None, # stop once the validation loss has not improved for this many epochs
+                     min_delta:float=0.0): # how much lower the validation loss must be to count as an improvement
     "Fit `build_model(cfg)` with fastai's one-cycle schedule; the trained `Learner` (`learn.model`, `learn.recorder`)."
     from fastai.torch_core import set_seed
     from fastai.data.core import DataLoaders
@@ -434,6 +436,9 @@ def train_classifier(x_train:torch.Tensor, y_train:torch.Tensor, # normalized N 
     model = build_model(cfg).to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     hypers = dict(epochs=epochs, lr=lr, bs=bs, seed=seed, wd=wd, precision=precision, channels_last=channels_last)
     cbs = [_wandb_callback(wandb_project, wandb_dir, cfg, hypers)] if wandb_project else []
+    if patience is not None:
+        from fastai.callback.tracker import EarlyStoppingCallback
+        cbs.append(EarlyStoppingCallback(monitor='valid_loss', min_delta=min_delta, patience=patience))
     learn = _fastai_learner(dls, model, wd, cbs, progress)
     if _PRECISIONS[precision] is not None: learn.amp = {'device_type': device.type, 'dtype': _PRECISIONS[precision]}
     try: learn.fit_one_cycle(epochs, lr)
