@@ -9,9 +9,9 @@ from pathlib import Path
 from .core import NeuronbError
 
 # %% auto #0
-__all__ = ['cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs', 'cmd_show', 'cmd_sync', 'cmd_data', 'main']
+__all__ = ['cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs', 'cmd_show', 'cmd_sync', 'cmd_sweep', 'cmd_data', 'main']
 
-# %% ../nbs/90_cli.ipynb #4d1c4cde
+# %% ../nbs/90_cli.ipynb #4020ef14
 _EPILOG = """examples:
   neuronb init digits-demo --example digits   create a project from the built-in example
   neuronb run digits-demo                     run every stage; executed notebooks land in runs/
@@ -65,6 +65,17 @@ def _parser() -> argparse.ArgumentParser:
                                    'each within --timeout seconds.')
     s.add_argument('dir', metavar='DIR', nargs='?', default='.', help='the project folder (default: current folder)')
     s.add_argument('--timeout', type=int, default=300, help='seconds one run may take to upload (default: 300)')
+    s = sub.add_parser('sweep', help='hyperparameter search from a W&B sweep config (local optuna engine)',
+                       description='Run a W&B sweep config (method grid/random/bayes, metric, parameters, early_terminate '
+                                   'hyperband) with the local engine: optuna samplers, hyperband pruning, the study in '
+                                   'SQLite (.neuronb/sweeps.db) or any database URL so workers on other machines can --join.')
+    s.add_argument('config', metavar='CONFIG.yaml', help='the sweep config')
+    s.add_argument('-n', '--trials', type=int, default=None, help='trials to run (default: the grid size, run_cap, or 10)')
+    s.add_argument('-w', '--workers', type=int, default=1, help='parallel local worker processes (default: 1)')
+    s.add_argument('--storage', default=None, help='study database URL (default: sqlite in the project\'s .neuronb/)')
+    s.add_argument('--join', metavar='STUDY', default=None, help='add trials to this existing study (same --storage)')
+    s.add_argument('--objective', default=None, help="'package.module:function' to optimize (default: the digits example)")
+    s.add_argument('--seed', type=int, default=None, help='sampler seed, for reproducible random/bayes searches')
     _data_parser(sub)
     return p
 
@@ -183,7 +194,16 @@ def cmd_sync(args):
     print(f"Uploaded {len(done)} W&B run(s)." if done else "No offline W&B runs waiting to be uploaded.")
     return 0
 
-# %% ../nbs/90_cli.ipynb #67e02d7f
+# %% ../nbs/90_cli.ipynb #e7feff17
+def cmd_sweep(args):
+    from neuronb.sweep import sweep
+    study = sweep(args.config, objective=args.objective, n_trials=args.trials, workers=args.workers,
+                  storage=args.storage, study_name=args.join, seed=args.seed)
+    print(f"study {study.study_name!r}; add trials from another machine with: neuronb sweep {args.config} --join "
+          f"{study.study_name} --storage <the same database URL>")
+    return 0
+
+# %% ../nbs/90_cli.ipynb #20b3af8e
 def _short(h): return (h or '')[:12]
 
 def _print_version(c):
@@ -227,8 +247,8 @@ def cmd_data(args):
               + ("; run with --delete to delete them" if r['dry_run'] and r['garbage'] else ''))
     return 0
 
-# %% ../nbs/90_cli.ipynb #3809fcf1
-_COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show, 'data': cmd_data, 'sync': cmd_sync}
+# %% ../nbs/90_cli.ipynb #39000cbd
+_COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show, 'data': cmd_data, 'sync': cmd_sync, 'sweep': cmd_sweep}
 
 def main(argv=None) -> int:
     "Run the `neuronb` command line; returns the exit status."

@@ -84,3 +84,16 @@ def test_data_commands_version_a_folder(tmp_path):
     assert out.returncode == 0 and sorted(p.name for p in (tmp_path/'old').iterdir()) == ['a.csv']
     bad = cli('data', '--dir', tmp_path/'p', 'checkout', 'cafe1234', tmp_path/'x')
     assert bad.returncode == 1 and "has no version 'cafe1234'" in bad.stderr
+
+
+def test_sweep_runs_a_wandb_config_with_the_local_engine(tmp_path):
+    assert cli('init', tmp_path/'p').returncode == 0
+    (tmp_path/'p/sweep.yaml').write_text('method: grid\nmetric: {name: valid_accuracy, goal: maximize}\n'
+                                        'parameters:\n  lr: {values: [0.003, 0.01]}\n  epochs: {value: 1}\n')
+    out = cli('sweep', 'sweep.yaml', cwd=tmp_path/'p')
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count('COMPLETE') == 2 and 'best valid_accuracy' in out.stdout
+    assert (tmp_path/'p/.neuronb/sweeps.db').exists()
+    (tmp_path/'p/bad.yaml').write_text('method: grid\nparameters:\n  lr: {values: [1]}\n')
+    bad = cli('sweep', 'bad.yaml', cwd=tmp_path/'p')
+    assert bad.returncode == 1 and 'metric' in bad.stderr and 'Traceback' not in bad.stderr
