@@ -68,6 +68,7 @@ class Store:
         self.fs, self.root = fs, root.rstrip('/') or '/'
         self.url = fs.unstrip_protocol(self.root)
         self.is_object_store = bool(OBJECT_PROTOCOLS & set(_as_tuple(fs.protocol)))
+        self.is_local = 'file' in _as_tuple(fs.protocol)  # paths inside it are paths on this machine
     def __repr__(self): return f"Store({self.url!r})"
 
 def _as_tuple(x): return tuple(x) if isinstance(x, (list, tuple)) else (x,)

@@ -72,7 +72,7 @@ def _remote_hash(store, rel) -> str|None:
     return 'meta:' + _sha(canonical(meta))
 
 def _store_hash(store, rel, cache) -> str|None:
-    if not store.is_object_store and 'file' in (store.fs.protocol if isinstance(store.fs.protocol, (tuple, list)) else (store.fs.protocol,)):
+    if store.is_local:
         return path_hash(Path(store.path(rel)), cache)
     return _remote_hash(store, rel)
 

@@ -26,10 +26,6 @@ def publish_model(store,   # project storage (`neuronb.data.storage.Store`)
     return cfg
 
 # %% ../../nbs/45_train.registry.ipynb #9466ccbc
-def _is_local(store):
-    protocol = store.fs.protocol
-    return 'file' in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
-
 def resolve_version(store, version='latest') -> str:
     "The version that `version` ('latest' or a version id) names in `store`."
     if version != 'latest': return version
@@ -43,7 +39,7 @@ def fetch_model(store, version='latest', cache=None) -> Path:
     version = resolve_version(store, version)
     if not store.exists(f'models/{version}/config.json'):
         raise ModelError(f"model version {version!r} is not in {store.url}; `neuronb` lists published models in models/")
-    if _is_local(store): return Path(store.path('models', version))
+    if store.is_local: return Path(store.path('models', version))
     folder = Path(cache or Path(tempfile.gettempdir())/'neuronb-models')/version
     if not (folder/'config.json').exists():
         for name in MODEL_FILES: atomic_write(folder/name, store.read_bytes(f'models/{version}/{name}'))
