@@ -43,14 +43,15 @@ def _store_opener(project):
         return store[0]
     return opener
 
-# %% ../../nbs/64_pipeline.engine.ipynb #32b7edda
+# %% ../../nbs/64_pipeline.engine.ipynb #6c326d26
 def _last_attempt(registry, project, name):
     rows = registry.stage_history(project.name, name, limit=1)
     return rows[0] if rows else None
 
-def plan_stage(project, stage, parameters, upstream, registry, cache) -> StagePlan:
+def plan_stage(project, stage, parameters, upstream, registry, cache, store=None) -> StagePlan:
     "Whether `stage` must run, given its merged parameters and its upstream stages' fingerprints."
-    parts = stage_parts(project.root, stage, parameters, upstream, project.kernel, cache, _store_opener(project))
+    store = store or _store_opener(project)
+    parts = stage_parts(project.root, stage, parameters, upstream, project.kernel, cache, store)
     fp, last = fingerprint(parts), registry.last_ok(project.name, stage.name)
     attempt = _last_attempt(registry, project, stage.name)
     if attempt and attempt['status'] in ('error', 'dead', 'timeout', 'running') and (not last or attempt['started'] > last['started']):
@@ -60,22 +61,22 @@ def plan_stage(project, stage, parameters, upstream, registry, cache) -> StagePl
     if last['fingerprint'] != fp:
         why = why_changed(last.get('inputs') or {}, parts, last.get('parameters'), parameters) or 'fingerprint changed'
         return StagePlan(stage.name, 'stale', why, fp, parts, parameters, last)
-    outs = output_hashes(project.root, stage, cache, _store_opener(project))
+    outs = output_hashes(project.root, stage, cache, store)
     moved = [p for p, h in outs.items() if (last.get('outputs') or {}).get(p) != h]
     if moved:
         return StagePlan(stage.name, 'stale', '; '.join(f"output {p} {'missing' if outs[p] is None else 'changed since'}" for p in moved),
                          fp, parts, parameters, last)
     return StagePlan(stage.name, 'fresh', '', fp, parts, parameters, last)
 
-# %% ../../nbs/64_pipeline.engine.ipynb #e508a5f5
+# %% ../../nbs/64_pipeline.engine.ipynb #574ad2b8
 def pipeline_status(project, overrides=None) -> list:
     "A `StagePlan` for every stage, in pipeline order (nothing runs)."
     project = project if isinstance(project, Project) else load_project(project)
     params, deps, cache = check_parameters(project, overrides), dependencies(project), _cache(project)
-    registry, fps, plans = _registry(project), {}, []
+    registry, fps, plans, store = _registry(project), {}, [], _store_opener(project)
     try:
         for s in project.stages:
-            plan = plan_stage(project, s, params[s.name], {d: fps[d] for d in deps[s.name]}, registry, cache)
+            plan = plan_stage(project, s, params[s.name], {d: fps[d] for d in deps[s.name]}, registry, cache, store)
             fps[s.name] = plan.fingerprint
             plans.append(plan)
     finally:
@@ -133,13 +134,13 @@ class PipelineRun:
 def _now(): return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
 def _new_run_id(): return datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S-') + uuid.uuid4().hex[:4]
 
-# %% ../../nbs/64_pipeline.engine.ipynb #b1dcc1fc
+# %% ../../nbs/64_pipeline.engine.ipynb #349f4c29
 class _Runner:
     "The state of one pipeline run: registry, run folder, kernels, outcomes."
     def __init__(self, project, params, echo, argv, pool, jobs=1):
         self.project, self.params, self.echo, self.argv, self.pool = project, params, echo, argv, pool
         self.jobs, self.own_pool = jobs if pool is None else 0, None  # our own pool: kernels start ahead
-        self.registry, self.cache = _registry(project), _cache(project)
+        self.registry, self.cache, self.store = _registry(project), _cache(project), _store_opener(project)
         self.run_id = self.folder = None
         self.lock, self.reused = threading.RLock(), []
         self.index = {s.name: i for i, s in enumerate(project.stages, 1)}
@@ -161,7 +162,7 @@ class _Runner:
             self.registry.start_run(self.project.name, self.run_id, str(self.folder), self.argv)
             for plan in self.reused: self.record_reused(plan)  # reused before anything had to run: lineage needs them
 
-# %% ../../nbs/64_pipeline.engine.ipynb #ed05e5e5
+# %% ../../nbs/64_pipeline.engine.ipynb #f1d576cc
 def _record(self, plan, status, *, started, duration=0.0, metrics=None, outputs=None, notebook=None, html=None,
             error=None, skipped=False, reused_from=None):
     self.registry.record_stage(self.run_id, plan.stage, status=status, fingerprint=plan.fingerprint,
@@ -171,7 +172,7 @@ def _record(self, plan, status, *, started, duration=0.0, metrics=None, outputs=
 _Runner.record = _record
 
 def _missing_outputs(self, stage):
-    outs = output_hashes(self.project.root, stage, self.cache, _store_opener(self.project))
+    outs = output_hashes(self.project.root, stage, self.cache, self.store)
     return outs, [p for p, h in outs.items() if h is None]
 _Runner.missing_outputs = _missing_outputs
 
@@ -196,12 +197,12 @@ def _run_stage(self, plan) -> StageOutcome:
                         (error or {}).get('message', ''))
 _Runner.run_stage = _run_stage
 
-# %% ../../nbs/64_pipeline.engine.ipynb #5c44b680
+# %% ../../nbs/64_pipeline.engine.ipynb #3d0b9d86
 def _plan(self, name, fps, forced):
     s = self.project.stage(name)
     deps = dependencies(self.project)[name]
     upstream = {d: fps[d] if d in fps else self._current_fp(d, fps) for d in deps}
-    plan = plan_stage(self.project, s, self.params[name], upstream, self.registry, self.cache)
+    plan = plan_stage(self.project, s, self.params[name], upstream, self.registry, self.cache, self.store)
     if name in forced: plan.reason = plan.reason or 'forced'
     return plan
 _Runner.plan = _plan
@@ -262,7 +263,7 @@ def _fmt_metrics(metrics, limit=3):
     items = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(metrics.items())[:limit]]
     return ' '.join(items)
 
-# %% ../../nbs/64_pipeline.engine.ipynb #43f07e6f
+# %% ../../nbs/64_pipeline.engine.ipynb #62f3d840
 def run_pipeline(project,            # a `Project`, or a path inside one
                  overrides=None,     # {stage: {name: value}} on top of the pipeline file's parameters
                  only=None,          # consider just this stage (or these stages)
@@ -276,13 +277,14 @@ def run_pipeline(project,            # a `Project`, or a path inside one
     "Run the stages that are not up to date, in dependency order; every executed notebook is kept under `runs/`."
     project = project if isinstance(project, Project) else load_project(project)
     considered, forced = select_stages(project, only, from_, force)
-    if any(p.startswith(('store:', 'dataset:')) for s in project.stages for p in s.inputs + s.outputs):
-        project.store()  # a missing bucket or missing credentials: one clear message before anything runs
     params = check_parameters(project, overrides, [project.stage(n) for n in considered])
-    params.update({k: v for k, v in check_parameters(project).items() if k not in params})
+    others = [s for s in project.stages if s.name not in params]  # only fingerprinted, with the file's parameters
+    if others: params.update(check_parameters(project, None, others))
     os.environ.setdefault('WANDB_MODE', 'offline')
     r = _Runner(project, params, echo, argv, pool, max(1, int(jobs)) if pool is not False else 0)
     try:
+        if any(p.startswith(('store:', 'dataset:')) for s in project.stages for p in s.inputs + s.outputs):
+            r.store()  # a missing bucket or missing credentials: one clear message before anything runs
         outcomes = r.schedule(considered, set(forced), max(1, int(jobs)))
         run = PipelineRun(r.run_id, r.folder, outcomes)
         if r.run_id: _finish(r, run, 'ok' if run.ok else 'failed')
