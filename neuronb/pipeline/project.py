@@ -11,8 +11,8 @@ from pathlib import Path
 from ..core import ConfigError, NeuronbError, StageFailed, PIPELINE_FILE, find_project_dir, atomic_write
 
 # %% auto #0
-__all__ = ['Stage', 'Project', 'producers', 'dependencies', 'check_graph', 'parse_pipeline', 'load_project', 'check_parameters',
-           'available_examples', 'init_project', 'parse_overrides']
+__all__ = ['Stage', 'Project', 'producers', 'dependencies', 'check_graph', 'parse_pipeline', 'parse_labeling', 'load_project',
+           'check_parameters', 'available_examples', 'init_project', 'parse_overrides']
 
 # %% ../../nbs/61_pipeline.project.ipynb #a0140a62
 @dataclass
@@ -36,6 +36,7 @@ class Project:
     timeout: int = 900
     stages: list = field(default_factory=list)
     registry: str|None = None   # run registry URL; None: SQLite in .neuronb/ of the project
+    labeling: dict|None = None  # the `labeling:` block: what `neuronb label serve` serves (see `parse_labeling`)
 
     @property
     def runs_dir(self): return self.root/'runs'
@@ -100,7 +101,7 @@ def check_graph(project, path='pipeline.yaml'):
                           f"break it by removing one of those inputs or needs")
 
 # %% ../../nbs/61_pipeline.project.ipynb #b9dd7c21
-_PROJECT_KEYS = {'name', 'storage', 'kernel', 'timeout', 'stages', 'registry'}
+_PROJECT_KEYS = {'name', 'storage', 'kernel', 'timeout', 'stages', 'registry', 'labeling'}
 _STAGE_KEYS = {'notebook', 'parameters', 'timeout', 'inputs', 'outputs', 'needs'}
 _NAME_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_-]*$')
 
@@ -142,9 +143,29 @@ def parse_pipeline(text:str, root:Path, path='pipeline.yaml') -> Project:
     if not isinstance(stages, dict) or not stages: raise ConfigError(f"{path}: `stages` must map each stage name to its notebook")
     project = Project(Path(root), str(cfg.get('name', Path(root).name)), str(cfg.get('storage', 'data')),
                       str(cfg.get('kernel', 'python3')), int(cfg.get('timeout', 900)),
-                      [_parse_stage(n, s, path) for n, s in stages.items()], cfg.get('registry'))
+                      [_parse_stage(n, s, path) for n, s in stages.items()], cfg.get('registry'),
+                      parse_labeling(cfg['labeling'], path) if cfg.get('labeling') is not None else None)
     check_graph(project, path)
     return project
+
+# %% ../../nbs/61_pipeline.project.ipynb #1184cfd6
+_LABELING_KEYS = {'notebook', 'dataset', 'classes', 'multi_label', 'boxes', 'overlap', 'instructions'}
+
+def parse_labeling(spec, path='pipeline.yaml') -> dict:
+    "The `labeling:` block checked, with defaults: which notebook serves which dataset's items with which classes."
+    if not isinstance(spec, dict): raise ConfigError(f"{path}: `labeling` must be a mapping with notebook, dataset and classes")
+    _check_keys(spec, _LABELING_KEYS, '`labeling`', path)
+    classes = spec.get('classes')
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, (str, int)) and str(c).strip() for c in classes):
+        raise ConfigError(f"{path}: labeling.classes must be a non-empty list of class names, e.g. [cat, dog]")
+    classes = [str(c) for c in classes]
+    if len(set(classes)) != len(classes): raise ConfigError(f"{path}: labeling.classes lists a class twice; list each once")
+    overlap = spec.get('overlap', 1)
+    if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 1:
+        raise ConfigError(f"{path}: labeling.overlap must be a whole number >= 1 (annotators per item), not {overlap!r}")
+    return dict(notebook=_norm(str(spec.get('notebook', 'labeling/label.ipynb'))), dataset=str(spec.get('dataset', 'raw')),
+                classes=classes, multi_label=bool(spec.get('multi_label', False)), boxes=bool(spec.get('boxes', False)),
+                overlap=overlap, instructions=str(spec.get('instructions', '')))
 
 # %% ../../nbs/61_pipeline.project.ipynb #e8ccff61
 def load_project(path=None) -> Project:
