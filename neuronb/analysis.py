@@ -8,7 +8,8 @@ import numpy as np
 from .core import DataError
 
 # %% auto #0
-__all__ = ['SPLITS', 'plot_class_balance', 'plot_samples', 'plot_pixel_stats', 'plot_agreement']
+__all__ = ['SPLITS', 'plot_class_balance', 'plot_samples', 'plot_pixel_stats', 'plot_agreement', 'suspected_label_errors',
+           'plot_label_issues']
 
 # %% ../nbs/30_analysis.ipynb #7e291743
 def _figure(*args, **kwargs):
@@ -100,4 +101,52 @@ def plot_agreement(agg_df,     # `aggregate_majority`'s table (needs an `agreeme
     ax2.bar_label(bars, labels=[f"{int(n)}" for n in w.n], fontsize='x-small', padding=2)
     ax2.set(ylim=(0, 1.08), ylabel='accuracy vs consensus', title='Workers (bar label: tasks done)')
     fig.tight_layout()
+    return fig
+
+# %% ../nbs/30_analysis.ipynb #7fad81d2
+def _pooled(images, side:int=12):
+    "Images block-averaged down to about `side` px: enough for a pixel classifier, and many times faster to fit."
+    k = max(1, images.shape[1] // side)
+    h, w = images.shape[1] // k * k, images.shape[2] // k * k
+    return images[:, :h, :w].astype(np.float32).reshape(len(images), h // k, k, w // k, k).mean((2, 4))
+
+def _out_of_fold_probs(images, labels, classes, folds, seed):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    x = _pooled(images).reshape(len(images), -1) / 255.0
+    y = np.searchsorted(classes, labels)
+    folds = max(2, min(folds, np.bincount(y).min()))
+    clf = LogisticRegression(max_iter=300, C=0.5)
+    return y, cross_val_predict(clf, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method='predict_proba')
+
+def suspected_label_errors(images, # N×H×W uint8 array
+                           labels, # the given label of each image
+                           folds:int=5, seed:int=0):
+    "Items whose given label a cross-validated classifier confidently disputes (cleanlab), most suspicious first."
+    import pandas as pd
+    from cleanlab.filter import find_label_issues
+    images, labels = _check_images(images, labels)
+    classes = np.array(sorted(set(labels.tolist()), key=str), dtype=object)
+    if len(classes) < 2: raise DataError("suspected_label_errors needs at least two classes; label more items first")
+    labels = labels.astype(object)
+    y, probs = _out_of_fold_probs(images, labels, classes, folds, seed)
+    idx = find_label_issues(y, probs, return_indices_ranked_by='self_confidence')
+    return pd.DataFrame({'index': idx, 'given': classes[y[idx]], 'suggested': classes[probs[idx].argmax(1)],
+                         'confidence': probs[idx].max(1).round(3), 'given_prob': probs[idx, y[idx]].round(3)})
+
+# %% ../nbs/30_analysis.ipynb #fb49ea57
+def plot_label_issues(images, # N×H×W uint8 array
+                      issues, # `suspected_label_errors`' table
+                      n:int=16): # how many to show
+    "A grid of the most suspicious items: given label → suggested label (confidence)."
+    images = np.asarray(images)
+    rows = issues.head(n)
+    if rows.empty: raise DataError("no suspected label errors to plot: the labels look consistent")
+    cols = min(len(rows), 8)
+    fig = _figure(figsize=(cols * 1.2, ((len(rows) + cols - 1) // cols) * 1.4))
+    for k, r in enumerate(rows.itertuples()):
+        ax = fig.add_subplot((len(rows) + cols - 1) // cols, cols, k + 1)
+        ax.imshow(images[r.index], cmap='gray'); ax.set_axis_off()
+        ax.set_title(f"{r.given}→{r.suggested} ({r.confidence:.2f})", fontsize=8)
+    fig.suptitle('suspected label errors: given → suggested'); fig.tight_layout()
     return fig
