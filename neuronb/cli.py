@@ -9,7 +9,8 @@ from pathlib import Path
 from .core import NeuronbError
 
 # %% auto #0
-__all__ = ['cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs', 'cmd_show', 'cmd_sync', 'cmd_sweep', 'cmd_data', 'main']
+__all__ = ['cmd_label', 'cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs', 'cmd_show', 'cmd_sync', 'cmd_sweep',
+           'cmd_data', 'main']
 
 # %% ../nbs/90_cli.ipynb #4020ef14
 _EPILOG = """examples:
@@ -19,6 +20,8 @@ _EPILOG = """examples:
   neuronb status digits-demo                  which stages are stale, and why
   neuronb show                                lineage of the latest run: data, parameters, code, metrics
   neuronb demo digits-demo                    serve the demo notebook with Voila on 127.0.0.1
+  neuronb label serve digits-demo --annotators alice,bob
+                                              one private labeling link per annotator
 """
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--objective', default=None, help="'package.module:function' to optimize (default: the digits example)")
     s.add_argument('--seed', type=int, default=None, help='sampler seed, for reproducible random/bayes searches')
     _data_parser(sub)
+    _label_parser(sub)
     return p
 
 def _version():
@@ -115,6 +119,57 @@ def _data_parser(sub):
     g.add_argument('--delete', action='store_true', help='delete them (default: only list)')
     g.add_argument('--min-age', type=int, default=3600, help='keep objects younger than this many seconds')
     return d
+
+# %% ../nbs/90_cli.ipynb #55f04194
+def _label_parser(sub):
+    l = sub.add_parser('label', help='labeling: serve the labeling app to annotators, import and export labels, report',
+                       description='Label events in project storage: from the labeling app (`serve`) or imported exports.')
+    l.add_argument('--dir', default='.', help='the project folder (default: current folder)')
+    lsub = l.add_subparsers(dest='label_command', metavar='LABEL_COMMAND')
+    s = lsub.add_parser('serve', help='serve the labeling notebook to annotators, one private link each',
+                        description='Serve the project\'s labeling notebook (and nothing else) through Voila behind per-annotator '
+                                    'tokens; print one link per annotator. Ctrl-C stops it.')
+    s.add_argument('--annotators', required=True, help='comma-separated annotator names, e.g. alice,bob,carol')
+    s.add_argument('--overlap', type=int, default=None, help='annotators per item (default: the labeling block\'s)')
+    s.add_argument('--ip', default='127.0.0.1', help='interface to bind (default: 127.0.0.1)')
+    s.add_argument('--port', type=int, default=8867, help='port to listen on (default: 8867)')
+    s.add_argument('--max-kernels', type=int, default=None, help='live labeling sessions at most (default: annotators + 2)')
+    s.add_argument('--max-per-annotator', type=int, default=2, help='open sessions (tabs) per annotator (default: 2)')
+    s.add_argument('--cull-idle', type=int, default=900, help='stop a session idle this many seconds (default: 900)')
+    i = lsub.add_parser('import', help='import a labeling-tool or crowdsourcing export as label events')
+    i.add_argument('path', metavar='PATH', help='the export (a file, or a folder for YOLO / Pascal VOC)')
+    i.add_argument('--format', dest='fmt', default=None, help='toloka, mturk, labelstudio, cvat, coco, yolo, voc, crowd (default: detected)')
+    i.add_argument('-d', '--dataset', default=None, help='the dataset whose files the rows name (default: the labeling block\'s)')
+    e = lsub.add_parser('export', help='write the current labels in a labeling-tool format')
+    e.add_argument('path', metavar='PATH', help='the file (or folder for YOLO / Pascal VOC) to write')
+    e.add_argument('--format', dest='fmt', required=True, help='toloka, mturk, labelstudio, cvat, coco, yolo, voc or crowd')
+    e.add_argument('--method', default='dawid-skene', help='how answers are aggregated: dawid-skene or majority')
+    e.add_argument('-d', '--dataset', default=None, help='the dataset (default: the labeling block\'s)')
+    lsub.add_parser('report', help='progress, agreement, disputes and accuracy per annotator')
+    return l
+
+def _print_report(r):
+    print(f"dataset {r['dataset']}: {r['labeled']} of {r['items']} items labeled, {r['events']} events from {r['annotators']} annotators")
+    if r['mean_agreement'] is not None: print(f"mean agreement {r['mean_agreement']:.3f}; {r['to_review']} disputed items wait for review")
+    if r['accuracy'] is not None: print(r['accuracy'].to_string(index=False))
+
+def cmd_label(args):
+    from neuronb.pipeline.project import load_project
+    if not args.label_command: raise NeuronbError("say what to do: neuronb label {serve,import,export,report} (see --help)")
+    if args.label_command == 'serve':
+        from neuronb.label.serve import serve_labeling
+        return serve_labeling(args.dir, args.annotators, overlap=args.overlap, ip=args.ip, port=args.port, max_kernels=args.max_kernels,
+                              max_per_annotator=args.max_per_annotator, cull_idle=args.cull_idle)
+    import neuronb.label.project as lp
+    project = load_project(args.dir)
+    if args.label_command == 'import':
+        r = lp.import_labels(project, args.path, args.fmt, dataset=args.dataset)
+        print(f"Imported {r['imported']} annotations ({r['format']}) as label events; {r['set_aside']} rows about files not in the dataset set aside")
+    elif args.label_command == 'export':
+        n = lp.export_labels(project, args.path, args.fmt, method=args.method, dataset=args.dataset)
+        print(f"Wrote the labels of {n} items to {args.path} ({args.fmt})")
+    else: _print_report(lp.labeling_report(project))
+    return 0
 
 # %% ../nbs/90_cli.ipynb #f7306136
 def cmd_init(args):
@@ -248,7 +303,8 @@ def cmd_data(args):
     return 0
 
 # %% ../nbs/90_cli.ipynb #39000cbd
-_COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show, 'data': cmd_data, 'sync': cmd_sync, 'sweep': cmd_sweep}
+_COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show,
+             'data': cmd_data, 'sync': cmd_sync, 'sweep': cmd_sweep, 'label': cmd_label}
 
 def main(argv=None) -> int:
     "Run the `neuronb` command line; returns the exit status."
