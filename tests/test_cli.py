@@ -97,3 +97,51 @@ def test_sweep_runs_a_wandb_config_with_the_local_engine(tmp_path):
     (tmp_path/'p/bad.yaml').write_text('method: grid\nparameters:\n  lr: {values: [1]}\n')
     bad = cli('sweep', 'bad.yaml', cwd=tmp_path/'p')
     assert bad.returncode == 1 and 'metric' in bad.stderr and 'Traceback' not in bad.stderr
+
+
+@pytest.fixture
+def labeled_project(tmp_path):
+    "A project whose `digits` dataset has 12 rendered digits, and a crowd table about them (3 workers each)."
+    from neuronb.data.digits import render_digits
+    assert cli('init', tmp_path/'p').returncode == 0
+    truth = render_digits(tmp_path/'raw', n=12)
+    assert cli('data', '--dir', tmp_path/'p', 'add', tmp_path/'raw', '-d', 'digits', '--no-progress').returncode == 0
+    assert cli('data', '--dir', tmp_path/'p', 'commit', '-d', 'digits', '-m', 'twelve').returncode == 0
+    rows = [f"{f},w{w},{l if w else (l + 1) % 10}" for f, l in zip(truth.file, truth.label) for w in range(3)]
+    (tmp_path/'crowd.csv').write_text('task,worker,label\n' + '\n'.join(rows + ['elsewhere.png,w1,3']) + '\n')
+    return tmp_path/'p', truth
+
+
+def test_label_import_report_export_round_trip(labeled_project, tmp_path):
+    proj, truth = labeled_project
+    out = cli('label', '--dir', proj, 'import', tmp_path/'crowd.csv')
+    assert out.returncode == 0 and 'Imported 36 annotations (crowd)' in out.stdout and '1 rows about files not in the dataset' in out.stdout
+    out = cli('label', '--dir', proj, 'report')
+    assert out.returncode == 0 and '12 of 12 items labeled, 36 events from 3 annotators' in out.stdout
+    out = cli('label', '--dir', proj, 'export', tmp_path/'labels.json', '--format', 'labelstudio')
+    assert out.returncode == 0 and 'Wrote the labels of 12 items' in out.stdout
+    from neuronb.label.formats import read_labels
+    back = read_labels(tmp_path/'labels.json')
+    assert dict(zip(back.name, back.label)) == {f: str(l) for f, l in zip(truth.file, truth.label)}  # w0 outvoted
+
+
+def test_label_import_refusals(labeled_project, tmp_path):
+    proj, _ = labeled_project
+    out = cli('label', '--dir', proj, 'import', tmp_path/'none.tsv')
+    assert out.returncode == 1 and 'none.tsv does not exist' in out.stderr and 'Traceback' not in out.stderr
+    assert cli('label', '--dir', proj, 'import', tmp_path/'crowd.csv').returncode == 0
+    out = cli('label', '--dir', proj, 'import', tmp_path/'crowd.csv')
+    assert out.returncode == 1 and 'was imported before' in out.stderr
+    (tmp_path/'bad.csv').write_text('task,worker,label\na.png,w1,\n')
+    out = cli('label', '--dir', proj, 'import', tmp_path/'bad.csv')
+    assert out.returncode == 1 and 'bad.csv' in out.stderr and 'Traceback' not in out.stderr
+    out = cli('label', '--dir', proj)
+    assert out.returncode == 1 and 'neuronb label {serve,import,export,report}' in out.stderr
+
+
+def test_label_serve_refuses_bad_annotators_before_starting(labeled_project):
+    proj, _ = labeled_project
+    out = cli('label', '--dir', proj, 'serve', '--annotators', 'alice,../bob')
+    assert out.returncode == 1 and 'Traceback' not in out.stderr and '../bob' in out.stderr
+    out = cli('label', '--dir', proj, 'serve', '--annotators', 'alice', '--overlap', '2')
+    assert out.returncode == 1 and 'overlap' in out.stderr
