@@ -116,8 +116,10 @@ def _out_of_fold_probs(images, labels, classes, folds, seed):
     x = _pooled(images).reshape(len(images), -1) / 255.0
     y = np.searchsorted(classes, labels)
     folds = max(2, min(folds, np.bincount(y).min()))
+    from threadpoolctl import threadpool_limits
     clf = LogisticRegression(max_iter=300, C=0.5)
-    return y, cross_val_predict(clf, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method='predict_proba')
+    with threadpool_limits(1):  # small matrices: BLAS threads only fight each other (50x slower on a busy 2-core machine)
+        return y, cross_val_predict(clf, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method='predict_proba')
 
 def suspected_label_errors(images, # N×H×W uint8 array
                            labels, # the given label of each image
