@@ -273,3 +273,47 @@ def test_aggregate_without_crowdkit(monkeypatch):
     with pytest.raises(ParameterError, match="needs crowd-kit, which is not importable .*pip install crowd-kit"):
         aggregate([LabelEvent(H, 'a', 'x')])
     assert item_agreement([LabelEvent(H, 'a', 'x')]).majority.tolist() == ['x']  # the rest does without it
+
+# --- bulk paths: the same events and messages as one by one ----------------------------------------------
+
+def test_events_frame_from_table_and_add_many_frame(tmp_path):
+    from neuronb.label.events import events_frame_from_table
+    n = 5_000
+    table = pd.DataFrame({'name': [f'f{i % 50}.png' for i in range(n)], 'annotator': [f'w{i % 7}' for i in range(n)],
+                          'label': [['a', 'b'] if i % 11 == 0 else None if i % 13 == 0 else str(i % 10) for i in range(n)],
+                          'seconds': [None if i % 5 == 0 else float(i % 30) for i in range(n)]})
+    files = {f'f{i}.png': item_hash(f'f{i}'.encode()) for i in range(50)}
+    frame = events_frame_from_table(table, files, source='toloka')
+    evs = events_from_table(table, files, source='toloka')
+    assert list(frame.columns) == FIELDS and frame.id.is_unique and frame.id.is_monotonic_increasing
+    assert all(len(i) == 33 for i in frame.id) and all(len(t) == 27 for t in frame.ts)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ('id', 'ts')} for r in rows]
+    assert strip(frame.to_dict('records')) == strip([{k: getattr(e, k) for k in FIELDS} for e in evs])
+    assert frame.kind.tolist().count('skip') == sum(1 for i in range(n) if i % 11 and i % 13 == 0)
+    es = EventStore(tmp_path)
+    assert es.add_many(frame) == n and es.add_many(evs) == n
+    back = EventStore(tmp_path).events()
+    assert back.id.tolist() == sorted(frame.id.tolist() + [e.id for e in evs])
+    assert back[back.id.isin(frame.id)].label.tolist() == frame.label.tolist()
+    with pytest.raises(DataError, match=f"{n} of these events are already stored"): es.add_many(frame)
+
+BAD_FRAME_ROWS = [(dict(item='a.png'), "item 'a.png' is not a content hash"), (dict(annotator='a/b'), "has path characters"),
+                  (dict(label=7), "label 7 (int) is not a class name"), (dict(kind='vote'), "unknown event kind 'vote'"),
+                  (dict(kind='undo', label=None), "needs parent= the id of the event it undoes"), (dict(seconds=-1.0), "seconds=-1.0 is not a time spent"),
+                  (dict(id='a/b'), "event id 'a/b' is not valid"), (dict(parent=3), "parent=3 is not an event id"),
+                  (dict(boxes=[{'x': 1}]), "boxes[0] = {'x': 1} is not a box")]
+
+@pytest.mark.parametrize('change,msg', BAD_FRAME_ROWS)
+def test_add_many_frame_checks_each_row(tmp_path, change, msg):
+    frame = pd.DataFrame([{k: getattr(LabelEvent(H, 'alice', 'cat'), k) for k in FIELDS} for _ in range(3)]).assign(id='', ts='')
+    for k, v in change.items(): frame[k] = frame[k].astype(object); frame.at[2, k] = v
+    with pytest.raises(DataError) as e: EventStore(tmp_path).add_many(frame)
+    assert str(e.value).startswith('events frame row 2: ') and msg in str(e.value), str(e.value)
+    assert EventStore(tmp_path).events().empty  # nothing stored
+
+def test_table_errors_name_the_first_bad_row():
+    files = {'a.png': H}
+    t = pd.DataFrame({'name': ['a.png'] * 6, 'annotator': ['w1', 'w2', '_x', 'w3', 'a/b', 'w4'], 'label': ['1', 2, '3', '', '5', '6']})
+    with pytest.raises(DataError, match=r"^annotations table row 2 \('a.png'\): annotator name '_x'"): events_from_table(t, files)
+    with pytest.raises(DataError, match=r"^annotations table row 3 \('a.png'\): label '' \(str\)"): events_from_table(t.assign(annotator='w'), files)
+    assert [e.label for e in events_from_table(t.assign(annotator='w', label=[1, 2.0, None, '4', ['x', 5], 'y']), files)] == ['1', '2', None, '4', ['x', '5'], 'y']

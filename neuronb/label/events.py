@@ -13,8 +13,8 @@ from ..data.versions import create_new
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['KINDS', 'FIELDS', 'AGGREGATORS', 'item_hash', 'LabelEvent', 'EventStore', 'read_item', 'events_from_table',
-           'current_labels', 'item_agreement', 'disagreements', 'aggregate', 'annotator_accuracy']
+__all__ = ['KINDS', 'FIELDS', 'AGGREGATORS', 'item_hash', 'LabelEvent', 'EventStore', 'read_item', 'events_frame_from_table',
+           'events_from_table', 'current_labels', 'item_agreement', 'disagreements', 'aggregate', 'annotator_accuracy']
 
 # %% ../../nbs/21_label.events.ipynb #b1ab73c8
 KINDS = ('label', 'skip', 'undo', 'review', 'correction')
@@ -134,7 +134,165 @@ class LabelEvent:
 
 FIELDS = [f.name for f in fields(LabelEvent)]
 
-# %% ../../nbs/21_label.events.ipynb #ca0ab9f2
+# %% ../../nbs/21_label.events.ipynb #3cf886f0
+def _new_ids(n:int) -> tuple:
+    "`(ids, tss)`: `n` new event ids in ascending order and their instants, like `n` calls of `_new_id_ts`, as lists."
+    import numpy as np
+    if n <= 0: return [], []
+    with _clock_lock:  # reserve n consecutive microseconds: later ids (any thread) sort after these
+        us0 = max(time.time_ns() // 1000, _clock_last[0] + 1)
+        _clock_last[0] = us0 + n - 1
+    sec, frac = np.divmod(us0 + np.arange(n, dtype=np.int64), 1_000_000)
+    secs, inv = np.unique(sec, return_inverse=True)  # one or two distinct seconds in practice
+    stamp = lambda fmt: np.frombuffer(''.join(time.strftime(fmt, time.gmtime(int(s))) for s in secs).encode(), np.uint8).reshape(len(secs), -1)[inv]
+    digits = (frac[:, None] // 10 ** np.arange(5, -1, -1) % 10 + 48).astype(np.uint8)
+    const = lambda s: np.broadcast_to(np.frombuffer(s.encode(), np.uint8), (n, len(s)))
+    rand = np.frombuffer(secrets.token_hex(5 * n).encode(), np.uint8).reshape(n, 10)
+    rows = lambda *parts: np.ascontiguousarray(np.hstack(parts)).view(f'S{sum(p.shape[1] for p in parts)}').ravel().astype(object)
+    ids = [b.decode() for b in rows(stamp('%Y%m%dT%H%M%S'), digits, const('Z-'), rand)]
+    return ids, [b.decode() for b in rows(stamp('%Y-%m-%dT%H:%M:%S'), const('.'), digits, const('Z'))]
+
+def _objects(values, n=None):
+    "`values` as a 1-d object array (lists stay elements, never become a second dimension)."
+    import numpy as np
+    if isinstance(values, np.ndarray) and values.dtype == object and values.ndim == 1: return values
+    values = list(values) if n is None else values
+    return np.fromiter(values, object, len(values) if n is None else n)
+
+def _types(a):
+    "The type of each element of the object array `a`, as an object array (compared with `==` to a type)."
+    import numpy as np
+    return np.fromiter(map(type, a), object, len(a))
+
+def _is_missing(a, t):
+    "Where `a` (types `t`) holds None or a float NaN, what `_missing` calls missing."
+    import numpy as np
+    out = t == type(None)
+    f = np.flatnonzero(t == float)
+    if len(f): out[f] = np.isnan(a[f].astype(float))
+    return out
+
+def _per_value(a, where, fn):
+    "`fn` of each element of `a` at the mask `where`, computed once per distinct value: (values, ok); ok is False where `fn` raised."
+    import numpy as np, pandas as pd
+    out, ok = np.full(len(a), None, object), np.zeros(len(a), bool)
+    idx = np.flatnonzero(where)
+    if not len(idx): return out, ok
+    codes, uniq = pd.factorize(a[idx], use_na_sentinel=False)
+    res, good = np.full(len(uniq), None, object), np.zeros(len(uniq), bool)
+    for j, u in enumerate(uniq.tolist() if hasattr(uniq, 'tolist') else uniq):
+        try: res[j], good[j] = fn(u), True
+        except Exception: pass  # the row goes through LabelEvent, which raises what is wrong
+    out[idx], ok[idx] = res[codes], good[codes]
+    return out, ok
+
+def _per_row(a, where, fn):
+    "`fn` of each element of `a` at the mask `where`, one by one (for unhashable cells: lists, boxes): (values, ok)."
+    import numpy as np
+    out, ok = np.full(len(a), None, object), np.zeros(len(a), bool)
+    for i in np.flatnonzero(where).tolist():
+        try: out[i], ok[i] = fn(a[i]), True
+        except Exception: pass
+    return out, ok
+
+def _checked_item(h):
+    if type(h) is not str or not _HEX64.match(h): raise DataError('not a content hash')
+    return h
+
+def _strict_annotator(name):
+    if type(name) is not str: raise DataError('not a str')
+    return _check_annotator(name)
+
+def _label_column(a, t, miss, check=_check_label):
+    "Labels checked by column: (labels, ok); `check` runs once per distinct text or number, once per cell for lists."
+    lab, ok = _per_value(a, t == str, check)  # '' fails here
+    for typ in (int, float):  # one type at a time: 1, 1.0 and True are equal keys but not the same label
+        if (t == typ).any():
+            l2, ok2 = _per_value(a, t == typ, check)
+            lab[t == typ], ok[t == typ] = l2[t == typ], ok2[t == typ]
+    other = ~(miss | (t == str) | (t == int) | (t == float))
+    if other.any():
+        l2, ok2 = _per_row(a, other, check)
+        lab[other], ok[other] = l2[other], ok2[other]
+    lab[miss], ok[miss] = None, True
+    return lab, ok
+
+def _boxes_column(a, miss, check=_check_boxes):
+    "Boxes checked cell by cell (lists of dicts): (boxes, ok)."
+    out, ok = _per_row(a, ~miss, check)
+    ok[miss] = True
+    return out, ok
+
+def _seconds_column(a, t):
+    "Seconds checked by column: (floats, ok) for Python floats and ints >= 0 (what `_check_seconds` takes); NaN is not ok here."
+    import numpy as np
+    out, ok = np.zeros(len(a)), np.zeros(len(a), bool)
+    num = np.flatnonzero((t == float) | (t == int))
+    if len(num):
+        try: v = a[num].astype(float)
+        except OverflowError: return out, ok  # a huge int: LabelEvent says what is wrong
+        good = np.isfinite(v) & (v >= 0)
+        out[num[good]], ok[num[good]] = v[good], True
+    return out, ok
+
+def _kind_name(k):
+    if k not in KINDS: raise DataError('unknown kind')
+    return k
+
+def _checked_frame(df) -> dict:
+    "The columns of an events frame checked as `LabelEvent` checks one event (missing ids and times filled in); errors name the row."
+    import numpy as np, pandas as pd
+    missing = [k for k in FIELDS if k not in df.columns]
+    if missing: raise ParameterError(f"add_many got a frame without column {', '.join(missing)}; pass the frame "
+                                     f"events_frame_from_table or EventStore.events() returns, or a list of LabelEvents")
+    n = len(df)
+    raw = {k: np.array(df[k].to_numpy(dtype=object), dtype=object) for k in FIELDS}  # copies: the caller's frame stays as it is
+    t = {k: _types(raw[k]) for k in FIELDS}
+    none = {k: t[k] == type(None) for k in FIELDS}
+    cols = dict(raw)
+    _, ok = _per_value(raw['item'], t['item'] == str, _checked_item)
+    ok &= _per_value(raw['annotator'], t['annotator'] == str, _check_annotator)[1]
+    cols['label'], lok = _label_column(raw['label'], t['label'], none['label'])
+    cols['boxes'], bok = _boxes_column(raw['boxes'], none['boxes'])
+    ok &= lok & bok & _per_value(raw['kind'], t['kind'] == str, _kind_name)[1]
+    text = lambda k: np.flatnonzero(t[k] == str)
+    def empty(k):  # None or ''
+        e = none[k].copy(); s = text(k); e[s] = raw[k][s] == ''; return e
+    def kind_in(kinds):
+        out, s = np.zeros(n, bool), text('kind'); out[s] = pd.Series(raw['kind'][s], dtype=object).isin(kinds).to_numpy(); return out
+    ok &= ~kind_in(_NEEDS_PARENT) | ((t['parent'] == str) & ~empty('parent'))
+    ok &= ~kind_in(('label', 'correction', 'review')) | ~(none['label'] & none['boxes'])
+    ok &= none['parent'] | (t['parent'] == str)
+    sec = df['seconds']
+    if sec.dtype.kind in 'fiu':
+        cols['seconds'] = sec.to_numpy(dtype=float)
+        ok &= np.isfinite(cols['seconds']) & (cols['seconds'] >= 0)
+    else:
+        cols['seconds'], sok = _seconds_column(raw['seconds'], t['seconds']); ok &= sok
+    sch = t['schema'] != str
+    if sch.any():
+        s2, sok = _per_row(raw['schema'], sch, str)
+        cols['schema'][sch] = s2[sch]; ok &= ~sch | sok
+    # ids: kept when valid, new ones (in row order) where empty; a time where the id or the time is empty
+    no_id, no_ts = empty('id'), empty('ts')
+    s = np.flatnonzero((t['id'] == str) & ~no_id)
+    good = np.zeros(n, bool); good[s] = [bool(_ID.match(x)) for x in raw['id'][s].tolist()]
+    ok &= no_id | good
+    ok &= no_ts | (t['ts'] == str)
+    gen = np.flatnonzero(no_id | no_ts)
+    ids, tss = _new_ids(len(gen))
+    ids, tss = _objects(ids, len(gen)), _objects(tss, len(gen))
+    cols['id'], cols['ts'] = raw['id'].copy(), raw['ts'].copy()
+    cols['id'][gen] = np.where(no_id[gen], ids, raw['id'][gen])
+    cols['ts'][gen] = np.where(no_ts[gen], tss, raw['ts'][gen])
+    for i in np.flatnonzero(~ok).tolist():  # in row order: the first bad row fails, with LabelEvent's message
+        vals = {k: raw[k][i] for k in FIELDS} | {'id': cols['id'][i], 'ts': cols['ts'][i]}
+        try: ev = LabelEvent(**vals)
+        except DataError as e: raise DataError(f"events frame row {i}: {e}") from None
+        for k in FIELDS: cols[k][i] = getattr(ev, k)
+    return cols
+
+# %% ../../nbs/21_label.events.ipynb #6e134fb1
 def _event_dict(ev:LabelEvent) -> dict: return {k: getattr(ev, k) for k in FIELDS}
 def _event_bytes(ev:LabelEvent) -> bytes: return json.dumps(_event_dict(ev), ensure_ascii=False, separators=(',', ':')).encode('utf-8')
 
@@ -148,7 +306,7 @@ class EventStore:
         self._local = self.store.path(self.root) if self.store.is_local else None
     def __repr__(self): return f"EventStore({self.store.url}/{self.root})"
 
-# %% ../../nbs/21_label.events.ipynb #9537fdfb
+# %% ../../nbs/21_label.events.ipynb #4f654a26
 @patch
 def add(self:EventStore, event:LabelEvent) -> LabelEvent:
     "Store one event as its own immutable file (exclusive create: never overwrites); returns it."
@@ -161,16 +319,29 @@ def add(self:EventStore, event:LabelEvent) -> LabelEvent:
     raise DataError(f"event id {event.id} is already stored with different content; events are never overwritten: "
                     f"make a new LabelEvent (it gets a new id), with kind='correction' and parent= to change a label")
 
-# %% ../../nbs/21_label.events.ipynb #c1b6f9a8
+# %% ../../nbs/21_label.events.ipynb #24af5932
 _BATCH = '_batches'
 
-def _batch_columns(evs) -> dict:
-    "The events as columns; a multi-label label goes to `labels`, boxes to JSON text (Parquet needs one type per column)."
-    cols = {k: [getattr(e, k) for e in evs] for k in FIELDS}
-    cols['labels'] = [l if isinstance(l, list) else None for l in cols['label']]
-    cols['label'] = [None if isinstance(l, list) else l for l in cols['label']]
-    cols['boxes'] = [None if b is None else json.dumps(b, ensure_ascii=False) for b in cols['boxes']]
-    return cols
+def _event_columns(evs) -> dict:
+    "The fields of `LabelEvent`s as object columns."
+    import operator
+    rows = list(map(operator.attrgetter(*FIELDS), evs))
+    return {k: _objects(v, len(evs)) for k, v in zip(FIELDS, zip(*rows))} if rows else {k: _objects([]) for k in FIELDS}
+
+def _batch_columns(cols) -> dict:
+    "The event columns as stored; a multi-label label goes to `labels`, boxes to JSON text (Parquet needs one type per column)."
+    import numpy as np
+    out = dict(cols)
+    multi = _types(cols['label']) == list
+    out['labels'] = np.full(len(multi), None, object)
+    if multi.any():
+        out['labels'][multi] = cols['label'][multi]
+        out['label'] = cols['label'].copy(); out['label'][multi] = None
+    boxed = np.flatnonzero(_types(cols['boxes']) != type(None))
+    if len(boxed):
+        out['boxes'] = np.full(len(multi), None, object)
+        out['boxes'][boxed] = _objects([json.dumps(b, ensure_ascii=False) for b in cols['boxes'][boxed].tolist()], len(boxed))
+    return out
 
 def _parquet_bytes(cols) -> bytes:
     import pyarrow as pa, pyarrow.parquet as pq
@@ -182,25 +353,33 @@ def _has_pyarrow() -> bool:
     import importlib.util
     return importlib.util.find_spec('pyarrow') is not None
 
-# %% ../../nbs/21_label.events.ipynb #12e81ce6
+# %% ../../nbs/21_label.events.ipynb #236207cd
 @patch
 def add_many(self:EventStore, events) -> int:
-    "Store many events as one immutable batch file (exclusive create); returns how many."
-    evs = list(events)
-    bad = next((e for e in evs if not isinstance(e, LabelEvent)), None)
-    if bad is not None: raise ParameterError(f"add_many needs LabelEvents, got a {type(bad).__name__}; convert rows with events_from_table")
-    if not evs: return 0
-    ids = {e.id for e in evs}
-    if len(ids) < len(evs): raise DataError("add_many got the same event twice (duplicate ids); pass each event once")
-    taken = ids & set(self.events().id)
-    if taken: raise DataError(f"{len(taken)} of these events are already stored (e.g. id {min(taken)}); events are never "
-                              f"stored twice: leave them out, or import the table again with new ids")
-    if _has_pyarrow(): ext, data = 'parquet', _parquet_bytes(_batch_columns(evs))
-    else: ext, data = 'jsonl', b''.join(_event_bytes(e) + b'\n' for e in evs)
+    "Store many events as one immutable batch file (exclusive create); returns how many. `events`: `LabelEvent`s, or an events frame (`events_frame_from_table`)."
+    import pandas as pd
+    if isinstance(events, pd.DataFrame): cols = _checked_frame(events)  # checked as LabelEvent checks each event
+    else:
+        evs = list(events)
+        bad = next((e for e in evs if not isinstance(e, LabelEvent)), None)
+        if bad is not None: raise ParameterError(f"add_many needs LabelEvents, got a {type(bad).__name__}; convert rows with events_from_table")
+        cols = _event_columns(evs)
+    if not len(cols['id']): return 0
+    ids = pd.Index(cols['id'], dtype=object)
+    if not ids.is_unique: raise DataError("add_many got the same event twice (duplicate ids); pass each event once")
+    taken = ids[ids.isin(self.events().id)]
+    if len(taken): raise DataError(f"{len(taken)} of these events are already stored (e.g. id {min(taken)}); events are never "
+                                   f"stored twice: leave them out, or import the table again with new ids")
+    if _has_pyarrow(): ext, data = 'parquet', _parquet_bytes(_batch_columns(cols))
+    else:
+        cols['seconds'] = _objects(cols['seconds'].tolist() if hasattr(cols['seconds'], 'tolist') else cols['seconds'])
+        data = b''.join(json.dumps(dict(zip(FIELDS, r)), ensure_ascii=False, separators=(',', ':')).encode('utf-8') + b'\n'
+                        for r in zip(*(cols[k] for k in FIELDS)))
+        ext = 'jsonl'
     while not create_new(self.store, f"{self.root}/{_BATCH}/{_new_id_ts()[0]}.{ext}", data): pass  # a taken name: new id
-    return len(evs)
+    return len(ids)
 
-# %% ../../nbs/21_label.events.ipynb #ba10c469
+# %% ../../nbs/21_label.events.ipynb #d288787f
 @patch
 def _list_files(self:EventStore) -> list:
     "Relative names (`<day>/<id>.json`, `_batches/<id>.parquet`) of every event file, unfinished writes left out."
@@ -219,7 +398,7 @@ def _list_files(self:EventStore) -> list:
     cut = len(path.rstrip('/')) + 1
     return sorted(p[cut:] for p in found if p[cut:].count('/') == 1 and not _is_tmp(p.rsplit('/', 1)[-1]))
 
-# %% ../../nbs/21_label.events.ipynb #6d685880
+# %% ../../nbs/21_label.events.ipynb #b8cc44ab
 def _corrupt(self, name, why):
     return DataError(f"label event file {self.root}/{name} in {self.store.url} is corrupt ({why}); event files are written "
                      f"once and never changed, so it was damaged outside neuronb: restore it from a backup or move it out of {self.root}")
@@ -245,7 +424,7 @@ def _parse_single(self:EventStore, name, data=None) -> dict:
         raise _corrupt(self, name, "not a label event: id, item, annotator or kind missing")
     return row
 
-# %% ../../nbs/21_label.events.ipynb #54b09e7c
+# %% ../../nbs/21_label.events.ipynb #aa9078dd
 def _frame_from_columns(cols:dict):
     "A frame of `LabelEvent` fields; text columns stay plain Python objects (None, lists), seconds a float."
     import pandas as pd
@@ -263,12 +442,16 @@ def _batch_frame(self, name, data):
     try: table = pq.read_table(io.BytesIO(data))
     except Exception as e: raise _corrupt(self, name, f"not a Parquet file: {type(e).__name__}: {e}") from None
     if any(k not in table.column_names for k in FIELDS + ['labels']): raise _corrupt(self, name, "columns of label events missing")
-    cols = {k: table.column(k).to_pylist() for k in FIELDS}
-    cols['label'] = [l if m is None else m for l, m in zip(cols['label'], table.column('labels').to_pylist())]
-    cols['boxes'] = [None if b is None else json.loads(b) for b in cols['boxes']]
+    import numpy as np
+    cols = {k: np.array(table.column(k).to_numpy(), dtype=float if k == 'seconds' else object) for k in FIELDS}
+    def valid(k): return np.flatnonzero(table.column(k).is_valid().to_numpy())
+    if table.column('labels').null_count < len(table):  # multi-label rows: their lists
+        m = valid('labels'); cols['label'][m] = _objects(table.column('labels').take(m).to_pylist(), len(m))
+    if table.column('boxes').null_count < len(table):
+        m = valid('boxes'); cols['boxes'][m] = _objects([json.loads(b) for b in cols['boxes'][m].tolist()], len(m))
     return _frame_from_columns(cols)
 
-# %% ../../nbs/21_label.events.ipynb #b8f7881c
+# %% ../../nbs/21_label.events.ipynb #4ae1b9c2
 def _parse_new(self, names):
     new = [n for n in names if n not in self._parsed]
     for n, data in self._read_files(new).items():
@@ -298,7 +481,7 @@ def events(self:EventStore, annotator=None) -> 'pd.DataFrame':
     if annotator is not None: df = df[df.annotator == annotator].reset_index(drop=True)
     return df.copy()
 
-# %% ../../nbs/21_label.events.ipynb #ce2a9c38
+# %% ../../nbs/21_label.events.ipynb #243defca
 def _item_rels(store, digest, name):
     "Candidate object paths for `digest`: the one `name`'s extension gives, else what the object folder holds."
     from neuronb.data.versions import _ext
@@ -323,7 +506,7 @@ def read_item(store,        # a `Store` or a URL for `open_store`
     raise NotInStore(f"item {digest[:12]}… is not in the store {store.url}; label only files of a committed "
                      f"dataset version (version_files), or add and commit the file first")
 
-# %% ../../nbs/21_label.events.ipynb #0537306c
+# %% ../../nbs/21_label.events.ipynb #1d38df41
 def _missing(v) -> bool: return v is None or (isinstance(v, float) and v != v)
 
 def _table_label(v):
@@ -341,7 +524,7 @@ def _table_boxes(v):
     if not isinstance(v, (list, tuple)): return v  # LabelEvent says what is wrong with it
     return [{k: (x.item() if hasattr(x, 'item') else x) for k, x in b.items()} if isinstance(b, dict) else b for b in v]
 
-# %% ../../nbs/21_label.events.ipynb #17d52ab1
+# %% ../../nbs/21_label.events.ipynb #69a8a465
 def _item_for(row, item_of, i):
     if not _missing(row.get('item')): return row['item']
     name = row.get('name')
@@ -355,28 +538,97 @@ def _item_for(row, item_of, i):
                         f"the dataset does not have: check the names, or add and commit that file")
     return h
 
+def _row_event(row, i, item_of, source, schema, annotator, **ids) -> LabelEvent:
+    "The event of one table row (`row` as `DataFrame.to_dict('records')` gives it), checked on its own; errors name the row."
+    label, boxes, secs = _table_label(row.get('label')), _table_boxes(row.get('boxes')), row.get('seconds')
+    name = None if _missing(row.get('name')) else str(row['name'])
+    try: return LabelEvent(_item_for(row, item_of, i), annotator if _missing(row.get('annotator')) else str(row['annotator']),
+                           label, boxes, 'skip' if label is None and boxes is None else 'label', schema=schema,
+                           seconds=0.0 if _missing(secs) else secs, name=name, source=source, **ids)
+    except DataError as e:
+        if str(e).startswith('annotations table row'): raise
+        raise DataError(f"annotations table row {i} ({name!r}): {e}") from None
+
+def _table_columns(df, item_of, source, schema, annotator) -> tuple:
+    "The table's rows as event columns checked by column, and `ok`: the rows these checks vouch for (the others: `_row_event`)."
+    import numpy as np
+    n = len(df)
+    ids, tss = _new_ids(n)
+    cols = {k: np.full(n, None, object) for k in FIELDS} | {'id': _objects(ids, n), 'ts': _objects(tss, n)}
+    cols['source'].fill(source)
+    try: cols['schema'].fill(str(schema))
+    except Exception: return cols, np.zeros(n, bool)  # LabelEvent raises what str() raises
+    if not df.columns.is_unique: return cols, np.zeros(n, bool)  # to_dict keeps one of the columns: the rows decide
+    col = lambda k: df[k].to_numpy(dtype=object) if k in df.columns else np.full(n, None, object)
+    nm, it, an, lb, bx, sc = map(col, ('name', 'item', 'annotator', 'label', 'boxes', 'seconds'))
+    tn, ti, ta, tl, tb, tsc = map(_types, (nm, it, an, lb, bx, sc))
+    # the name: text or missing (another type: str(name) row by row)
+    named, nmiss = tn == str, _is_missing(nm, tn)
+    cols['name'][named] = nm[named]
+    ok = named | nmiss
+    # the item: the table's hash, else item_of[name], looked up once per distinct name
+    imiss = _is_missing(it, ti)
+    item, iok = _per_value(it, ~imiss & (ti == str), _checked_item)
+    if item_of is not None and (imiss & named).any():
+        look = (lambda u: _checked_item(item_of[u])) if isinstance(item_of, dict) else (lambda u: _checked_item(item_of(u)))
+        h, hok = _per_value(nm, imiss & named, look)
+        item[hok], iok = h[hok], iok | hok
+    cols['item'] = item
+    ok &= iok
+    # the annotator: each distinct name checked once; missing: the default
+    ann, aok = _per_value(an, ta == str, _check_annotator)
+    amiss = _is_missing(an, ta)
+    if amiss.any():
+        try: ann[amiss], aok[amiss] = _check_annotator(annotator), True
+        except Exception: pass
+    cols['annotator'] = ann
+    ok &= aok
+    # label and boxes as `_table_label` / `_table_boxes` read them; neither: a skip
+    cols['label'], lok = _label_column(lb, tl, _is_missing(lb, tl), lambda v: _check_label(_table_label(v)))
+    cols['boxes'], bok = _boxes_column(bx, _is_missing(bx, tb), lambda v: _check_boxes(_table_boxes(v)))
+    ok &= lok & bok
+    none = lambda a: _types(a) == type(None)
+    cols['kind'] = np.where(none(cols['label']) & none(cols['boxes']), 'skip', 'label').astype(object)
+    # seconds: missing is 0
+    smiss = _is_missing(sc, tsc)
+    cols['seconds'], sok = _seconds_column(sc, tsc)
+    cols['seconds'][smiss] = 0.0
+    ok &= sok | smiss
+    return cols, ok
+
+def events_frame_from_table(df,          # the neutral annotations table (name, annotator, label, boxes, ..., item)
+                            item_of=None,      # name -> item hash: a dict (e.g. `version_files(...)`) or a function
+                            source='import',   # where the annotations came from: 'toloka', 'labelstudio', 'coco', ...
+                            schema='1',        # the label-schema version they follow
+                            annotator='unknown'): # the annotator when a row names none
+    "`events_from_table`'s events as a frame like `EventStore.events()`, made column by column: what `add_many` stores fastest."
+    if not any(c in df.columns for c in ('item', 'name')) or not any(c in df.columns for c in ('label', 'boxes')):
+        raise DataError(f"annotations table has columns {', '.join(map(str, df.columns))}; it needs name (or item) "
+                        f"and label (or boxes): convert the export with a neuronb format reader")
+    import numpy as np
+    cols, ok = _table_columns(df, item_of, source, schema, annotator)
+    rest = np.flatnonzero(~ok)
+    for i, row in zip(rest.tolist(), df.iloc[rest].to_dict('records') if len(rest) else []):  # in row order: the first bad row fails
+        ev = _row_event(row, i, item_of, source, schema, annotator, id=cols['id'][i], ts=cols['ts'][i])
+        for k in FIELDS: cols[k][i] = getattr(ev, k)
+    return _frame_from_columns(cols)
+
+def _events_of(df) -> list:
+    "The rows of a checked events frame as `LabelEvent`s, made without checking each row again."
+    new, cls = object.__new__, LabelEvent
+    def event(values):
+        e = new(cls); e.__dict__.update(zip(FIELDS, values)); return e
+    return list(map(event, zip(*[df[k].tolist() for k in FIELDS])))
+
 def events_from_table(df,                # the neutral annotations table (name, annotator, label, boxes, ..., item)
                       item_of=None,      # name -> item hash: a dict (e.g. `version_files(...)`) or a function
                       source='import',   # where the annotations came from: 'toloka', 'labelstudio', 'coco', ...
                       schema='1',        # the label-schema version they follow
                       annotator='unknown'): # the annotator when a row names none
     "One `LabelEvent` per row of the neutral annotations table (a row without label or boxes is a skip)."
-    if not any(c in df.columns for c in ('item', 'name')) or not any(c in df.columns for c in ('label', 'boxes')):
-        raise DataError(f"annotations table has columns {', '.join(map(str, df.columns))}; it needs name (or item) "
-                        f"and label (or boxes): convert the export with a neuronb format reader")
-    out = []
-    for i, row in enumerate(df.to_dict('records')):
-        label, boxes, secs = _table_label(row.get('label')), _table_boxes(row.get('boxes')), row.get('seconds')
-        name = None if _missing(row.get('name')) else str(row['name'])
-        try: out.append(LabelEvent(_item_for(row, item_of, i), annotator if _missing(row.get('annotator')) else str(row['annotator']),
-                                   label, boxes, 'skip' if label is None and boxes is None else 'label', schema=schema,
-                                   seconds=0.0 if _missing(secs) else secs, name=name, source=source))
-        except DataError as e:
-            if str(e).startswith('annotations table row'): raise
-            raise DataError(f"annotations table row {i} ({name!r}): {e}") from None
-    return out
+    return _events_of(events_frame_from_table(df, item_of, source, schema, annotator))
 
-# %% ../../nbs/21_label.events.ipynb #f6df8de1
+# %% ../../nbs/21_label.events.ipynb #a6eadd33
 def _frame(events):
     "The events as a frame sorted by id, from an `EventStore`, a frame from `events()` or a list of `LabelEvent`s."
     import pandas as pd
@@ -392,13 +644,15 @@ def _frame(events):
 
 def _active(df):
     "The events no effective undo cancels (undo events themselves left out)."
-    undos = df[df.kind == 'undo']
+    is_undo = (df.kind == 'undo').to_numpy()
+    if not is_undo.any(): return df
+    undos = df[is_undo]
     cancelled = set()
     for i, parent in zip(undos.id[::-1], undos.parent[::-1]):  # newest first: a cancelled undo has no effect
         if i not in cancelled: cancelled.add(parent)
-    return df[(df.kind != 'undo') & ~df.id.isin(cancelled)]
+    return df[~is_undo & ~df.id.isin(cancelled).to_numpy()]
 
-# %% ../../nbs/21_label.events.ipynb #549fe1c3
+# %% ../../nbs/21_label.events.ipynb #90f1955f
 _SLOT_KINDS = ('label', 'skip', 'correction')
 
 def _owners(df) -> dict:
@@ -423,6 +677,7 @@ def _names(df) -> dict:
 def current_labels(events,         # `EventStore.events()`, an `EventStore` or a list of `LabelEvent`s
                    own_only=False): # leave out corrections made by someone else than the slot's annotator
     "Per (item, annotator): the label, boxes or skip in force after undos and corrections (items in first-labeled order)."
+    import pandas as pd, numpy as np
     df = _frame(events)
     owner = _owners(df)
     act = _active(df)
@@ -430,11 +685,17 @@ def current_labels(events,         # `EventStore.events()`, an `EventStore` or a
     act['by'] = act.annotator
     if owner: act['annotator'] = act.id.map(owner).fillna(act.annotator)
     if own_only: act = act[act.annotator == act.by]
-    cur = act.drop_duplicates(['item', 'annotator'], keep='last')
+    # one slot per (item, annotator), the newest event in force; items in first-labeled order, then annotators by name
+    order = _item_order(df)
+    o = order.index.get_indexer(act.item)  # the item's position (every item of `act` is in `order`)
+    a, names = pd.factorize(act.annotator.to_numpy(object), sort=True)
+    last = ~pd.Series(o.astype(np.int64) * max(len(names), 1) + a).duplicated(keep='last').to_numpy()
+    keep = np.flatnonzero(last)
+    rows = keep[np.lexsort((a[keep], o[keep]))]  # stable: like sort_values(['_o', 'annotator'], kind='stable')
     cols = ['item', 'name', 'annotator', 'label', 'boxes', 'kind', 'by', 'schema', 'seconds', 'id', 'ts']
-    return cur.assign(_o=cur.item.map(_item_order(df))).sort_values(['_o', 'annotator'], kind='stable', ignore_index=True)[cols]
+    return act.iloc[rows][cols].reset_index(drop=True)
 
-# %% ../../nbs/21_label.events.ipynb #0e183a70
+# %% ../../nbs/21_label.events.ipynb #e6ab4cac
 _MULTI = '\x1e'  # marks a multi-label vote encoded as one hashable string
 
 def _key(label):
@@ -445,9 +706,12 @@ def _unkey(key):
 
 def _votes(cur):
     "The class-label votes of `current_labels` as crowd-kit's table: task, worker, label (hashable)."
-    import pandas as pd
+    import pandas as pd, numpy as np
     v = cur[(cur.kind != 'skip') & cur.label.notna()]
-    return pd.DataFrame({'task': v.item.tolist(), 'worker': v.annotator.tolist(), 'label': [_key(l) for l in v.label.tolist()]}, dtype=object)
+    label = v.label.to_numpy(object).copy()
+    multi = np.flatnonzero(_types(label) == list)  # only multi-label votes need a key
+    if len(multi): label[multi] = _objects([_key(l) for l in label[multi].tolist()], len(multi))
+    return pd.DataFrame({'task': v.item.to_numpy(object), 'worker': v.annotator.to_numpy(object), 'label': label}, dtype=object)
 
 def _reviews(df) -> dict:
     "item -> the label of the newest review event not undone."
@@ -455,7 +719,7 @@ def _reviews(df) -> dict:
     r = r[r.kind == 'review'].drop_duplicates('item', keep='last')
     return dict(zip(r.item.tolist(), r.label.tolist()))
 
-# %% ../../nbs/21_label.events.ipynb #d049b20d
+# %% ../../nbs/21_label.events.ipynb #c54230c8
 def _unkeys(keys) -> list: return [_unkey(k) for k in keys]
 
 def _per_item(df, votes, reviews):
@@ -487,7 +751,7 @@ def disagreements(events) -> list: # `EventStore.events()`, an `EventStore` or a
     ag = ag[(ag.agreement < 1) & ag.reviewed.isna()]
     return ag.sort_values('agreement', kind='stable').item.tolist()
 
-# %% ../../nbs/21_label.events.ipynb #886beb34
+# %% ../../nbs/21_label.events.ipynb #29ebe19a
 AGGREGATORS = ('majority', 'dawid-skene')
 
 def _crowdkit(method):
@@ -498,27 +762,43 @@ def _crowdkit(method):
                              f"pip install crowd-kit") from None
     return MajorityVote() if method == 'majority' else DawidSkene(n_iter=100)
 
+def _coded(votes) -> tuple:
+    "The votes with task, worker and label as integer codes, and the values of the codes (sorted: crowd-kit then orders and breaks ties as on the values)."
+    import pandas as pd
+    codes, values = {}, {}
+    for k in ('task', 'worker', 'label'): codes[k], values[k] = pd.factorize(votes[k].to_numpy(object), sort=True)
+    return pd.DataFrame(codes), values
+
 def aggregate(events,             # `EventStore.events()`, an `EventStore` or a list of `LabelEvent`s
               method='majority'): # 'majority' or 'dawid-skene'
     "Per item: the aggregated label, its confidence (0..1), the number of votes and whether a review decided it."
-    import pandas as pd
+    import pandas as pd, numpy as np
     if method not in AGGREGATORS: raise ParameterError(f"unknown aggregation method {method!r}; use one of {', '.join(AGGREGATORS)}")
     df = _frame(events)
     votes, reviews = _votes(current_labels(df)), _reviews(df)
     out = _per_item(df, votes, reviews)
-    label, conf = pd.Series(dtype=object), pd.Series(dtype=float)
+    label, conf, n_votes = np.full(len(out), None, object), np.zeros(len(out)), np.zeros(len(out), int)
     if len(votes):
         model = _crowdkit(method)
-        label, conf = model.fit_predict(votes), model.probas_.max(axis=1)
-    rev = out.item.isin(list(reviews))
-    out['label'] = pd.Series([reviews[i] if r else _unkey(l) for i, r, l in zip(out.item.tolist(), rev, out.item.map(label).tolist())], dtype=object)
-    out['confidence'] = conf.reindex(out.item).fillna(0).to_numpy(float)
-    out.loc[rev, 'confidence'] = 1.0
-    out['n_votes'] = out.item.map(votes.groupby('task').size()).fillna(0).astype(int)
-    out['reviewed'] = rev
+        coded, values = _coded(votes)
+        got, proba = model.fit_predict(coded), model.probas_.max(axis=1)  # by task code; labels as codes
+        pos = pd.Index(values['task']).get_indexer(out.item.to_numpy(object))
+        has = np.flatnonzero(pos >= 0)  # items with votes (the others have only a review)
+        codes = got.reindex(pos[has]).to_numpy()
+        label[has], conf[has] = values['label'][codes], proba.reindex(pos[has]).to_numpy(float)
+        n_votes[has] = np.bincount(coded.task.to_numpy(), minlength=len(values['task']))[pos[has]]
+        multi = np.flatnonzero([isinstance(k, str) and k.startswith(_MULTI) for k in values['label'].tolist()])
+        if len(multi):
+            m = has[np.isin(codes, multi)]
+            label[m] = _objects([_unkey(k) for k in label[m].tolist()], len(m))  # a list of its own per item
+    rev = out.item.isin(list(reviews)).to_numpy()
+    if rev.any():
+        r = np.flatnonzero(rev)
+        label[r], conf[r] = _objects([reviews[i] for i in out.item.to_numpy(object)[r].tolist()], len(r)), 1.0
+    out['label'], out['confidence'], out['n_votes'], out['reviewed'] = pd.Series(label, dtype=object), conf, n_votes, rev
     return out
 
-# %% ../../nbs/21_label.events.ipynb #506883a7
+# %% ../../nbs/21_label.events.ipynb #899a6876
 def _gold_keys(gold, items) -> dict:
     "`gold` as item -> vote key, checked."
     gold = dict(gold.items()) if hasattr(gold, 'items') else None
