@@ -68,15 +68,22 @@ def _parser() -> argparse.ArgumentParser:
                                    'each within --timeout seconds.')
     s.add_argument('dir', metavar='DIR', nargs='?', default='.', help='the project folder (default: current folder)')
     s.add_argument('--timeout', type=int, default=300, help='seconds one run may take to upload (default: 300)')
-    s = sub.add_parser('sweep', help='hyperparameter search from a W&B sweep config (local optuna engine)',
+    s = sub.add_parser('sweep', help='hyperparameter search from a W&B sweep config (W&B server or local optuna engine)',
                        description='Run a W&B sweep config (method grid/random/bayes, metric, parameters, early_terminate '
-                                   'hyperband) with the local engine: optuna samplers, hyperband pruning, the study in '
-                                   'SQLite (.neuronb/sweeps.db) or any database URL so workers on other machines can --join.')
+                                   'hyperband). With W&B online and its server answering: a real wandb.sweep and agents. '
+                                   'Otherwise the local engine: optuna samplers, hyperband pruning, the study in SQLite '
+                                   '(.neuronb/sweeps.db) or any database URL so workers on other machines can --join.')
     s.add_argument('config', metavar='CONFIG.yaml', help='the sweep config')
     s.add_argument('-n', '--trials', type=int, default=None, help='trials to run (default: the grid size, run_cap, or 10)')
     s.add_argument('-w', '--workers', type=int, default=1, help='parallel local worker processes (default: 1)')
     s.add_argument('--storage', default=None, help='study database URL (default: sqlite in the project\'s .neuronb/)')
-    s.add_argument('--join', metavar='STUDY', default=None, help='add trials to this existing study (same --storage)')
+    s.add_argument('--join', metavar='STUDY', default=None, help='add trials to this study (same --storage) or W&B sweep id')
+    s.add_argument('--engine', choices=['auto', 'local', 'wandb'], default='auto',
+                   help='auto (default): W&B when online and its server answers, else local')
+    s.add_argument('--project', default=None, help="the W&B project (default: the config's `project`)")
+    s.add_argument('--timeout', type=float, default=2.0, help='seconds the W&B server gets to answer (default: 2)')
+    s.add_argument('--apply', action='store_true', help="write the best parameters into pipeline.yaml's stage parameters")
+    s.add_argument('--stage', default='train', help='the stage --apply writes to (default: train)')
     s.add_argument('--objective', default=None, help="'package.module:function' to optimize (default: the digits example)")
     s.add_argument('--seed', type=int, default=None, help='sampler seed, for reproducible random/bayes searches')
     _data_parser(sub)
@@ -251,11 +258,15 @@ def cmd_sync(args):
 
 # %% ../nbs/90_cli.ipynb #e7feff17
 def cmd_sweep(args):
-    from neuronb.sweep import sweep
-    study = sweep(args.config, objective=args.objective, n_trials=args.trials, workers=args.workers,
-                  storage=args.storage, study_name=args.join, seed=args.seed)
-    print(f"study {study.study_name!r}; add trials from another machine with: neuronb sweep {args.config} --join "
-          f"{study.study_name} --storage <the same database URL>")
+    from neuronb.sweep import sweep, apply_best
+    from neuronb.core import find_project_dir
+    res = sweep(args.config, objective=args.objective, n_trials=args.trials, workers=args.workers, storage=args.storage,
+                study_name=args.join, seed=args.seed, engine=args.engine, project=args.project, timeout=args.timeout)
+    where = '' if res.engine == 'wandb' else ' --storage <the same database URL>'
+    print(f"study {res.study_name!r}; add trials from another machine with: neuronb sweep {args.config} --join {res.study_name}{where}")
+    if args.apply:
+        params = apply_best(find_project_dir(), res.best_params, args.stage)
+        print(f"pipeline.yaml: stage {args.stage!r} now runs with {params}")
     return 0
 
 # %% ../nbs/90_cli.ipynb #20b3af8e

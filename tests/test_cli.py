@@ -90,10 +90,15 @@ def test_sweep_runs_a_wandb_config_with_the_local_engine(tmp_path):
     assert cli('init', tmp_path/'p').returncode == 0
     (tmp_path/'p/sweep.yaml').write_text('method: grid\nmetric: {name: valid_accuracy, goal: maximize}\n'
                                         'parameters:\n  lr: {values: [0.003, 0.01]}\n  epochs: {value: 1}\n')
-    out = cli('sweep', 'sweep.yaml', cwd=tmp_path/'p')
+    out = cli('sweep', 'sweep.yaml', '--apply', cwd=tmp_path/'p')
     assert out.returncode == 0, out.stderr
     assert out.stdout.count('COMPLETE') == 2 and 'best valid_accuracy' in out.stdout
+    assert 'sweep engine: local' in out.stdout and "stage 'train' now runs with" in out.stdout
     assert (tmp_path/'p/.neuronb/sweeps.db').exists()
+    from neuronb.pipeline.project import load_project
+    train = load_project(tmp_path/'p').stage('train').parameters
+    assert train['epochs'] == 1 and train['lr'] in (0.003, 0.01)
+    assert '# neuronb pipeline' in (tmp_path/'p/pipeline.yaml').read_text()   # comments kept
     (tmp_path/'p/bad.yaml').write_text('method: grid\nparameters:\n  lr: {values: [1]}\n')
     bad = cli('sweep', 'bad.yaml', cwd=tmp_path/'p')
     assert bad.returncode == 1 and 'metric' in bad.stderr and 'Traceback' not in bad.stderr

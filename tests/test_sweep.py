@@ -1,9 +1,12 @@
-"Local sweep engine: config validation, grid coverage, seeded random, hyperband pruning, parallel SQLite workers."
+"""Sweeps: config validation, grid coverage, seeded random, hyperband pruning, parallel SQLite workers, the engine choice,
+the W&B engine's wiring, offline trial runs, writing the best parameters back, and the sweep notebook under papermill."""
 import os
 os.environ.setdefault('WANDB_MODE', 'disabled')
+import socket, sys, time, types
 import pytest
-from neuronb.core import ConfigError
-from neuronb.sweep import parse_sweep_config, run_local_sweep, digits_objective, results_table
+from neuronb.core import ConfigError, ParameterError
+from neuronb.sweep import (parse_sweep_config, run_local_sweep, digits_objective, results_table, choose_engine, server_reachable,
+                           sweep, apply_best)
 
 METRIC = {'name': 'loss', 'goal': 'minimize'}
 
@@ -105,3 +108,200 @@ def test_bad_storage_and_workers(tmp_path):
     with pytest.raises(ConfigError, match='workers must be a positive integer'): run_local_sweep(cfg, toy, workers=0, storage=f"sqlite:///{tmp_path}/b.db")
     with pytest.raises(ConfigError, match='define it at the top level of an importable module'):
         run_local_sweep(cfg, lambda p, r: 0.0, workers=2, storage=f"sqlite:///{tmp_path}/c.db")
+
+
+# --- choosing the engine: no network here, so every case must pick the local engine, and fast
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+@pytest.fixture
+def wandb_env(monkeypatch, tmp_path):
+    "No W&B settings from this machine: no key, no netrc, no saved host."
+    for k in ('WANDB_MODE', 'WANDB_API_KEY', 'WANDB_BASE_URL'): monkeypatch.delenv(k, raising=False)
+    (tmp_path/'netrc').write_text('')
+    monkeypatch.setenv('NETRC', str(tmp_path/'netrc'))
+    monkeypatch.setenv('WANDB_CONFIG_DIR', str(tmp_path/'wandbcfg'))
+    return monkeypatch
+
+@pytest.mark.parametrize('env,why', [
+    ({'WANDB_MODE': 'offline', 'WANDB_API_KEY': 'k' * 40}, 'WANDB_MODE=offline: no W&B server is used'),
+    ({'WANDB_MODE': 'disabled', 'WANDB_API_KEY': 'k' * 40}, 'WANDB_MODE=disabled: no W&B server is used'),
+    ({}, 'W&B has no API key here'),
+    ({'WANDB_MODE': 'online'}, 'W&B has no API key here'),
+    ({'WANDB_MODE': 'online', 'WANDB_API_KEY': 'k' * 40, 'WANDB_BASE_URL': 'closed'}, 'did not answer within 2 s'),
+    ({'WANDB_API_KEY': 'k' * 40, 'WANDB_BASE_URL': 'closed'}, 'did not answer within 2 s'),
+])
+def test_engine_choice_picks_local_without_a_server(wandb_env, env, why):
+    for k, v in env.items(): wandb_env.setenv(k, f"http://127.0.0.1:{closed_port()}" if v == 'closed' else v)
+    t0 = time.time()
+    name, reason = choose_engine(timeout=2)
+    assert name == 'local' and why in reason, reason
+    assert time.time() - t0 < 2.5
+
+def test_server_probe_is_bounded_by_its_timeout():
+    with socket.socket() as silent:   # accepts connections and never replies
+        silent.bind(('127.0.0.1', 0)); silent.listen()
+        t0 = time.time()
+        assert not server_reachable(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=1.0)
+        assert time.time() - t0 < 1.6
+    t0 = time.time()
+    assert not server_reachable(f"http://127.0.0.1:{closed_port()}", timeout=2.0)
+    assert time.time() - t0 < 1.0   # refused at once: no waiting for the timeout
+
+def test_server_probe_counts_any_http_answer():
+    import http.server, threading
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self): self.send_response(404); self.end_headers()
+        def log_message(self, *a): pass
+    srv = http.server.HTTPServer(('127.0.0.1', 0), NotFound)
+    th = threading.Thread(target=srv.serve_forever, daemon=True); th.start()
+    try: assert server_reachable(f"http://127.0.0.1:{srv.server_port}", timeout=2)
+    finally: srv.shutdown(); srv.server_close()
+
+def test_engine_line_and_forced_engines(wandb_env, tmp_path, capsys):
+    wandb_env.setenv('WANDB_MODE', 'disabled')
+    cfg = {'method': 'grid', 'metric': METRIC, 'parameters': {'x': {'values': [1, 2]}, 'c': {'value': 5}}}
+    res = sweep(cfg, toy, storage=f"sqlite:///{tmp_path}/e.db")
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == 'sweep engine: local (WANDB_MODE=disabled: no W&B server is used)'
+    assert (res.engine, res.best_params, res.best_value) == ('local', {'x': 2, 'c': 5}, 0)
+    with pytest.raises(ConfigError, match="the W&B sweep engine was asked for, but WANDB_MODE=disabled"): sweep(cfg, toy, engine='wandb')
+    with pytest.raises(ConfigError, match="unknown sweep engine 'optuna'; use auto or one of local, wandb"): sweep(cfg, toy, engine='optuna')
+
+
+# --- the W&B engine, against a stand-in for the wandb module (no W&B server here)
+
+class FakeRun:
+    def __init__(self, config): self.config, self.summary, self.history = dict(config), {}, []
+    def log(self, row): self.history.append(row)
+    def __enter__(self): return self
+    def __exit__(self, *a): pass
+
+def fake_wandb(monkeypatch):
+    "A wandb stand-in: a server that samples x from the grid's values and records each run."
+    w = types.SimpleNamespace(calls=[], runs=[])
+    def sweep_(config, project=None, entity=None): w.calls.append(('sweep', config['method'], project)); return 'sw123'
+    def agent(sweep_id, function=None, project=None, entity=None, count=None):
+        w.calls.append(('agent', sweep_id, project, count))
+        for i in range(count):
+            w.current = FakeRun({'x': [0, 2, 3][i % 3], 'c': 5}); function()
+            w.current.name, w.current.state = f"run-{len(w.runs)}", 'finished'; w.runs.append(w.current)
+    w.sweep, w.agent, w.init = sweep_, agent, lambda **kw: w.current
+    api = types.SimpleNamespace(default_entity='me', sweep=lambda path: (w.calls.append(('api', path)), types.SimpleNamespace(runs=w.runs))[1])
+    w.Api = lambda: api
+    monkeypatch.setitem(sys.modules, 'wandb', w)
+    monkeypatch.setattr('neuronb.sweep.choose_engine', lambda timeout=2.0: ('wandb', 'the W&B server http://test answered'))
+    return w
+
+def test_wandb_engine_runs_wandb_sweep_and_agent(monkeypatch, capsys):
+    w = fake_wandb(monkeypatch)
+    cfg = {'method': 'grid', 'metric': METRIC, 'parameters': {'x': {'values': [0, 2, 3]}, 'c': {'value': 5}}, 'project': 'digits'}
+    res = sweep(cfg, toy, n_trials=3)
+    assert capsys.readouterr().out.startswith('sweep engine: wandb (the W&B server http://test answered)')
+    assert w.calls == [('sweep', 'grid', 'digits'), ('agent', 'sw123', 'digits', 3), ('api', 'me/digits/sw123')]
+    assert w.runs[0].history == [{'loss': 7.0, 'epoch': 0}, {'loss': 6.0, 'epoch': 1}, {'loss': 5.0, 'epoch': 2}]   # per epoch
+    assert [r.summary['loss'] for r in w.runs] == [4, 0, 1]
+    assert (res.engine, res.study_name, res.best_params, res.best_value) == ('wandb', 'sw123', {'x': 2, 'c': 5}, 0)
+    assert list(res.table['loss']) == [0, 1, 4]
+    w.calls.clear()
+    sweep(cfg, toy, n_trials=1, study_name='sw999', project='other', show=False)   # join: no new sweep
+    assert w.calls[0] == ('agent', 'sw999', 'other', 1)
+
+
+# --- offline W&B runs for local trials
+
+def test_local_trials_are_offline_wandb_runs(tmp_path, monkeypatch):
+    (tmp_path/'pipeline.yaml').write_text('stages: {}\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    monkeypatch.setenv('WANDB_SILENT', 'true')
+    cfg = {'method': 'grid', 'metric': METRIC, 'parameters': {'x': {'values': [1, 2]}}, 'project': 'toys'}
+    res = sweep(cfg, toy, show=False)
+    runs = sorted((tmp_path/'runs'/'wandb').glob('offline-run-*'))
+    assert res.engine == 'local' and len(runs) == 2
+
+
+# --- writing the best parameters back into pipeline.yaml
+
+@pytest.fixture
+def project(tmp_path):
+    from neuronb.pipeline.project import init_project
+    return init_project(tmp_path/'p')
+
+def test_apply_best_keeps_comments_and_other_stages(project):
+    f = project.root/'pipeline.yaml'
+    before = f.read_text()
+    assert apply_best(project.root/'stages', {'lr': 0.02, 'bs': 64}) == {'epochs': 10, 'lr': 0.02, 'bs': 64}
+    after = f.read_text()
+    added = [l for l in after.splitlines() if l not in before.splitlines()]
+    assert added == ['      lr: 0.02', '      bs: 64']
+    assert [l for l in before.splitlines() if l not in after.splitlines()] == []
+    apply_best(project.root, {'lr': 3e-05, 'epochs': 4})
+    from neuronb.pipeline.project import load_project
+    assert load_project(project.root).stage('train').parameters == {'epochs': 4, 'lr': 3e-05, 'bs': 64}
+    assert len(f.read_text().splitlines()) == len(after.splitlines())
+
+def test_apply_best_flow_style_and_missing_block(project):
+    from neuronb.pipeline.project import load_project
+    f = project.root/'pipeline.yaml'
+    text = f.read_text()
+    f.write_text(text.replace('    parameters:\n      epochs: 10\n', '    parameters: {epochs: 3}   # quick runs\n'))
+    apply_best(project.root, {'width': 8})
+    assert '    parameters:   # quick runs\n      epochs: 3\n      width: 8\n' in f.read_text()
+    f.write_text(text.replace('    parameters:\n      epochs: 10\n', ''))
+    apply_best(project.root, {'width': 8})
+    assert load_project(project.root).stage('train').parameters == {'width': 8}
+    assert load_project(project.root).stage('demo').parameters == {}
+
+@pytest.mark.parametrize('params,stage,err,msg', [
+    ({'lr': 0.01, 'depth': 3, 'size': 16}, 'train', ConfigError,
+     "stage 'train' (stages/05_train.ipynb) has no parameter(s) 'depth', 'size'; its parameters are epochs, lr, bs, width, seed"),
+    ({'depth': 3}, 'train', ConfigError, ": leave those out of the sweep's best parameters, or add them to the notebook's parameters cell"),
+    ({'bs': 'big'}, 'train', ParameterError, "bs"),
+    ({'lr': 0.01}, 'trian', ConfigError, "no stage named 'trian'"),
+])
+def test_apply_best_refusals_leave_the_file_alone(project, params, stage, err, msg):
+    f = project.root/'pipeline.yaml'
+    before = f.read_text()
+    with pytest.raises(err) as e: apply_best(project.root, params, stage)
+    assert msg in str(e.value), str(e.value)
+    assert f.read_text() == before
+
+def test_apply_best_refuses_a_one_line_stage(project):
+    import json, yaml
+    f = project.root/'pipeline.yaml'
+    lines = f.read_text().splitlines()
+    i = j = lines.index('  analyze:')
+    while lines[j + 1].startswith('    '): j += 1
+    lines[i:j + 1] = ['  analyze: ' + json.dumps(yaml.safe_load('\n'.join(l[4:] for l in lines[i + 1:j + 1])))]   # one flow line
+    f.write_text('\n'.join(lines) + '\n')
+    with pytest.raises(ConfigError, match="stage 'analyze' must be written as a block"): apply_best(project.root, {}, 'analyze')
+
+
+# --- the sweep notebook of the digits example, under papermill
+
+def test_sweep_notebook_runs_and_applies(project):
+    import papermill as pm, json
+    (project.root/'tiny.yaml').write_text('name: tiny\nmethod: random\nmetric: {name: valid_accuracy, goal: maximize}\nparameters:\n'
+                                          '  lr: {min: 0.003, max: 0.03, distribution: log_uniform_values}\n  width: {values: [8, 16]}\n'
+                                          '  epochs: {value: 1}\n')
+    before = (project.root/'pipeline.yaml').read_text()
+    out = project.root/'runs'/'sweep.ipynb'
+    out.parent.mkdir(exist_ok=True)
+    t0 = time.time()
+    pm.execute_notebook(project.root/'sweeps'/'sweep.ipynb', out, cwd=project.root/'sweeps', kernel_name='python3', progress_bar=False,
+                        parameters={'config': 'tiny.yaml', 'trials': 2, 'seed': 0, 'apply': True}, execution_timeout=120)
+    print(f"papermill: {time.time() - t0:.1f} s")
+    nb = json.loads(out.read_text())
+    outputs = [o for c in nb['cells'] for o in c.get('outputs', [])]
+    text = ''.join(''.join(o.get('text', '')) + ''.join(o.get('data', {}).get('text/plain', '')) for o in outputs)
+    assert 'engine: local' in text and 'valid_accuracy' in text
+    assert any('image/png' in o.get('data', {}) for o in outputs)   # the parallel-coordinates plot
+    from neuronb.pipeline.project import load_project
+    params = load_project(project.root).stage('train').parameters
+    assert set(params) == {'epochs', 'lr', 'width'} and params['epochs'] == 1 and 0.003 <= params['lr'] <= 0.03
+    after = (project.root/'pipeline.yaml').read_text()
+    assert [l for l in after.splitlines() if '#' in l] == [l for l in before.splitlines() if '#' in l]
+    assert (project.root/'.neuronb'/'sweeps.db').is_file()
