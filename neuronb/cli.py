@@ -9,8 +9,8 @@ from pathlib import Path
 from .core import NeuronbError
 
 # %% auto #0
-__all__ = ['cmd_label', 'cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs', 'cmd_show', 'cmd_sync', 'cmd_sweep',
-           'cmd_data', 'main']
+__all__ = ['cmd_label', 'cmd_train', 'cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs', 'cmd_show', 'cmd_sync',
+           'cmd_sweep', 'cmd_data', 'main']
 
 # %% ../nbs/90_cli.ipynb #4020ef14
 _EPILOG = """examples:
@@ -20,8 +20,9 @@ _EPILOG = """examples:
   neuronb status digits-demo                  which stages are stale, and why
   neuronb show                                lineage of the latest run: data, parameters, code, metrics
   neuronb demo digits-demo                    serve the demo notebook with Voila on 127.0.0.1
-  neuronb label serve digits-demo --annotators alice,bob
+  neuronb label --dir digits-demo serve --annotators alice,bob
                                               one private labeling link per annotator
+  neuronb train digits-demo --nproc 2         the train stage, data-parallel over 2 processes (torchrun)
 """
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--seed', type=int, default=None, help='sampler seed, for reproducible random/bayes searches')
     _data_parser(sub)
     _label_parser(sub)
+    _train_parser(sub)
     return p
 
 def _version():
@@ -176,6 +178,57 @@ def cmd_label(args):
         n = lp.export_labels(project, args.path, args.fmt, method=args.method, dataset=args.dataset)
         print(f"Wrote the labels of {n} items to {args.path} ({args.fmt})")
     else: _print_report(lp.labeling_report(project))
+    return 0
+
+# %% ../nbs/90_cli.ipynb #12c124ee
+def _train_parser(sub):
+    t = sub.add_parser('train', help="run the train stage (and what it needs) with --nproc processes, lr finder or resume",
+                       description="Run the project's train stage, reusing the stages before it that are up to date. --nproc N "
+                                   "trains data-parallel in N processes (torchrun: NCCL on GPUs, gloo on CPU); rank 0 saves the "
+                                   "model. --join runs this machine's share of a multi-node job (see nbs/42_train.distributed).")
+    t.add_argument('dir', metavar='DIR', nargs='?', default='.', help='the project folder (default: current folder)')
+    t.add_argument('--nproc', type=int, default=None, help='processes on this machine (one per GPU; on CPU, a share of the cores)')
+    t.add_argument('--find-lr', action='store_true', help="pick the learning rate with fastai's lr_find first")
+    t.add_argument('--resume', action='store_true', help='continue an interrupted fit from its last checkpoint')
+    t.add_argument('-p', '--param', action='append', default=[], metavar='NAME=VALUE', help='another train parameter, e.g. -p epochs=3')
+    t.add_argument('--join', metavar='JOB_DIR', default=None, help="run this machine's processes of a prepared multi-node job")
+    t.add_argument('--nnodes', type=int, default=1, help='machines in a --join job (default: 1)')
+    t.add_argument('--node-rank', type=int, default=0, help="this machine's rank in a --join job (default: 0)")
+    t.add_argument('--rdzv-endpoint', default=None, metavar='HOST:PORT', help='the rendezvous endpoint of a --join job')
+    t.add_argument('--timeout', type=float, default=None, help='seconds before a --join job is stopped (default: none)')
+    return t
+
+def _ancestors(project, name) -> list:
+    "`name` and every stage it depends on, directly or not."
+    from neuronb.pipeline.project import dependencies
+    deps, out, todo = dependencies(project), set(), [name]
+    while todo:
+        n = todo.pop()
+        if n not in out: out.add(n); todo.extend(deps[n])
+    return [s.name for s in project.stages if s.name in out]
+
+def cmd_train(args):
+    if args.join:
+        from neuronb.train.distributed import launch
+        launch(args.join, args.nproc or 1, args.nnodes, args.node_rank, args.rdzv_endpoint, args.timeout)
+        print(f"This machine's share of {args.join} finished")
+        return 0
+    from neuronb.pipeline.project import load_project, parse_overrides
+    from neuronb.pipeline.engine import run_pipeline, summary_table
+    if args.nproc is not None and args.nproc < 1:
+        raise NeuronbError(f"--nproc must be 1 or more (processes to train in), not {args.nproc}")
+    project = load_project(args.dir)
+    project.stage('train')
+    over = parse_overrides([f'train.{p}' for p in args.param])
+    if args.nproc is not None: over.setdefault('train', {})['nproc'] = args.nproc
+    if args.find_lr: over.setdefault('train', {})['find_lr'] = True
+    if args.resume: over.setdefault('train', {})['resume'] = True
+    run = run_pipeline(project, overrides=over, only=_ancestors(project, 'train'), argv=sys.argv[1:])
+    if run.run_id is None:
+        print("The train stage is up to date; `neuronb run --from train` reruns it anyway.")
+        return 0
+    print(f"\n{summary_table(run)}\n")
+    run.raise_for_status()
     return 0
 
 # %% ../nbs/90_cli.ipynb #f7306136
@@ -315,7 +368,7 @@ def cmd_data(args):
 
 # %% ../nbs/90_cli.ipynb #39000cbd
 _COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show,
-             'data': cmd_data, 'sync': cmd_sync, 'sweep': cmd_sweep, 'label': cmd_label}
+             'data': cmd_data, 'sync': cmd_sync, 'sweep': cmd_sweep, 'label': cmd_label, 'train': cmd_train}
 
 def main(argv=None) -> int:
     "Run the `neuronb` command line; returns the exit status."

@@ -150,3 +150,13 @@ def test_label_serve_refuses_bad_annotators_before_starting(labeled_project):
     assert out.returncode == 1 and 'Traceback' not in out.stderr and '../bob' in out.stderr
     out = cli('label', '--dir', proj, 'serve', '--annotators', 'alice', '--overlap', '2')
     assert out.returncode == 1 and 'overlap' in out.stderr
+
+
+def test_train_refusals(tmp_path):
+    assert cli('init', tmp_path/'p').returncode == 0
+    out = cli('train', tmp_path/'p', '--nproc', '0')
+    assert out.returncode == 1 and '--nproc must be 1 or more' in out.stderr and 'Traceback' not in out.stderr
+    out = cli('train', '--join', tmp_path/'nojob', '--nproc', '2')
+    assert out.returncode == 1 and 'is not a distributed-training job folder' in out.stderr
+    out = cli('train', tmp_path/'p', '-p', 'epochz=3')
+    assert out.returncode == 1 and 'epochz' in out.stderr and 'Traceback' not in out.stderr

@@ -122,8 +122,11 @@ def test_pickle_never_loaded(saved, tmp_path):
 
 
 def test_no_unpickling_path_in_source():
+    import re
     src = inspect.getsource(nm)
-    for bad in ('torch.load', 'pickle', 'load_learner', 'np.load', 'import dill'): assert bad not in src, bad
+    for bad in ('pickle.load', 'load_learner', 'np.load', 'import dill'): assert bad not in src, bad
+    calls = re.findall(r'torch\.load\(([^)]*)\)', src)   # only for local pretrained .pth files, and only weights-only
+    assert calls and all('weights_only=True' in c for c in calls), calls
 
 
 def test_resnet18_round_trip(tmp_path):
@@ -174,3 +177,50 @@ def test_model_module_imports_no_fastai():
     code = "import sys, neuronb.train.model; print([m for m in ('fastai', 'torchvision') if m in sys.modules])"
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == '[]'
+
+
+@pytest.fixture(scope='module')
+def imagenet_resnet18(tmp_path_factory):
+    "A torchvision ResNet-18 state dict (random weights, 3 channels, 1000 classes) saved as torchvision ships its weights."
+    tv = pytest.importorskip('torchvision.models')
+    torch.manual_seed(0)
+    model = tv.resnet18(weights=None)
+    path = tmp_path_factory.mktemp('pretrained')/'resnet18-imagenet.pth'
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+def test_local_pretrained_weights_start_training(imagenet_resnet18):
+    from neuronb.train.learner import _model_for
+    src, path = imagenet_resnet18
+    cfg = {**CFG, 'arch': 'resnet18', 'stem': 'imagenet', 'pretrained': str(path)}
+    model = _model_for(cfg, 'cpu')   # what train_classifier starts from
+    assert torch.equal(model.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
+    assert torch.allclose(model.conv1.weight, src.conv1.weight.sum(1, keepdim=True))   # RGB filters summed for gray input
+    assert model.fc.weight.shape == (10, 512)   # a new head for 10 classes
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+    assert load_model.__module__ == 'neuronb.train.model' and build_model(cfg) is not None   # 'pretrained' is ignored when building
+
+
+def test_mismatched_or_unsafe_pretrained_files_are_refused(imagenet_resnet18, tmp_path):
+    from neuronb.train.model import load_pretrained
+    src, path = imagenet_resnet18
+    with pytest.raises(ModelError, match=r"conv1.weight: file \(64, 3, 7, 7\) vs model \(64, 1, 3, 3\)"):
+        load_pretrained(build_model({**CFG, 'arch': 'resnet18'}), path)   # the small stem: another layout
+    with pytest.raises(ModelError, match='do not fit this architecture'): load_pretrained(build_model(CFG), path)
+    with pytest.raises(ModelError, match='never downloads'): load_pretrained(build_model(CFG), tmp_path/'absent.pth')
+    evil = tmp_path/'evil.pth'
+    torch.save({'state_dict': src.state_dict(), 'payload': _Payload()}, evil)
+    with pytest.raises(ModelError, match='refusing to unpickle'): load_pretrained(build_model({**CFG, 'arch': 'resnet18', 'stem': 'imagenet'}), evil)
+    assert not _Payload.unpickled
+
+
+class _Payload:
+    "An object whose unpickling would be visible."
+    unpickled = False
+    def __reduce__(self): return (_mark_unpickled, ())
+
+
+def _mark_unpickled():
+    _Payload.unpickled = True
+    return None

@@ -4,17 +4,19 @@
 
 # %% ../../nbs/41_train.learner.ipynb #b7db91ad
 from __future__ import annotations
-import copy, math, os
+import copy, json, math, os, shutil, tempfile
+from pathlib import Path
 from functools import partial
 import numpy as np
 import torch
 from torch import nn
-from ..core import DataError, ParameterError
-from .model import build_model, images_to_tensor
+from ..core import DataError, ModelError, ParameterError
+from .model import build_model, images_to_tensor, load_pretrained, _sha256, _json_default
 
 # %% auto #0
-__all__ = ['digits_example', 'mean_std', 'TensorLoader', 'combined_cos', 'adamw', 'train_classifier', 'accuracy_on',
-           'confusion_matrix', 'plot_confusion']
+__all__ = ['CHECKPOINT_FORMAT', 'digits_example', 'mean_std', 'TensorLoader', 'combined_cos', 'adamw', 'train_classifier',
+           'save_checkpoint', 'last_checkpoint', 'load_checkpoint', 'checkpoint_callback', 'find_lr', 'accuracy_on',
+           'confusion_matrix', 'plot_confusion', 'top_losses', 'plot_top_losses', 'training_history', 'plot_history']
 
 # %% ../../nbs/41_train.learner.ipynb #7fbfde9b
 def digits_example(size:int=32, # rendered image size
@@ -39,7 +41,7 @@ def mean_std(x_uint8) -> tuple: # uint8 images, any shape
     if x.numel() == 0: raise DataError("mean_std got no images; check that the training split is not empty")
     return float(x.mean()), float(x.std().clamp_min(1e-6))
 
-# %% ../../nbs/41_train.learner.ipynb #3d825f30
+# %% ../../nbs/41_train.learner.ipynb #5692aa61
 class TensorLoader:
     "A fastai-compatible loader yielding whole batches sliced from in-memory tensors."
     n_inp = 1
@@ -49,21 +51,34 @@ class TensorLoader:
                  shuffle:bool=False, # a new random order every epoch
                  drop_last:bool=False, # skip the last partial batch
                  seed:int=0, # seeds the shuffling generator
-                 device=None): # where batches live; the tensors are moved there once
+                 device=None, # where batches live; the tensors are moved there once
+                 rank:int=0, # this process's shard, 0..world_size-1 (data-parallel training)
+                 world_size:int=1, # processes that split each epoch between them
+                 even:bool=True): # every shard the same size (training: every rank takes the same number of steps)
         if len(x) != len(y): raise DataError(f"{len(x)} images but {len(y)} labels; pass one label per image")
+        if len(x) < world_size: raise DataError(f"{len(x)} images cannot be split over {world_size} processes; check the split")
         if len(x) == 0: raise DataError("no images to train on; check the split")
         self.x, self.y, self.bs, self.shuffle, self.drop_last, self.seed = x, y, bs, shuffle, drop_last, seed
+        self.rank, self.world_size, self.even = rank, world_size, even
         self.gen = torch.Generator().manual_seed(seed)
         self.device = x.device
         if device is not None: self.to(device)
 
-    def __len__(self): return len(self.x) // self.bs if self.drop_last else math.ceil(len(self.x) / self.bs)
+    def _n(self) -> int:
+        "Items in this process's shard of an epoch."
+        n, w = len(self.x), self.world_size
+        return n if w == 1 else n // w if self.even else len(range(self.rank, n, w))
+
+    def __len__(self): return self._n() // self.bs if self.drop_last else math.ceil(self._n() / self.bs)
 
     def __iter__(self):
         x, y = self.x, self.y
-        if self.shuffle:
-            perm = torch.randperm(len(x), generator=self.gen).to(x.device)
-            x, y = x[perm], y[perm]
+        if self.shuffle or self.world_size > 1:
+            # every rank draws the same permutation (same seed) and takes every world_size-th item of it: disjoint shards
+            idx = torch.randperm(len(x), generator=self.gen) if self.shuffle else torch.arange(len(x))
+            if self.world_size > 1: idx = idx[self.rank::self.world_size][:self._n()]
+            idx = idx.to(x.device)
+            x, y = x[idx], y[idx]
         for i in range(0, len(self) * self.bs, self.bs): yield x[i:i+self.bs], y[i:i+self.bs]
 
     def to(self, device):
@@ -118,7 +133,7 @@ def _fastai_classes() -> dict:
     from fastai.learner import Learner, AvgSmoothLoss, Recorder
     from fastai.optimizer import OptimWrapper
     from fastai.callback.core import (event, TrainEvalCallback, CancelBatchException, CancelBackwardException,
-                                      CancelStepException)
+                                      CancelStepException, CancelEpochException)
     from fastai.callback.schedule import ParamScheduler
     from fastai.callback.progress import ProgressCallback
     from fastcore.foundation import L
@@ -308,6 +323,11 @@ def _fastai_classes() -> dict:
 
         def _inner_handlers(self, event_name): return self._inner()[event_name]
 
+        def _do_fit(self):
+            for epoch in range(getattr(self, 'first_epoch', 0), self.n_epoch):   # a resumed fit starts after its checkpoint
+                self.epoch = epoch
+                self._with_events(self._do_epoch, 'epoch', CancelEpochException)
+
         def one_batch(self, i, b):
             self.iter = i
             if isinstance(self.dl, TensorLoader): self.xb, self.yb = b[:1], b[1:]   # already on the device; one input
@@ -404,17 +424,52 @@ def _fastai_learner(dls, model, wd, cbs, progress):
     elif not any(isinstance(cb, ProgressCallback) for cb in learn.cbs): learn.add_cb(ProgressCallback())
     return learn
 
-# %% ../../nbs/41_train.learner.ipynb #263f5be0
+# %% ../../nbs/41_train.learner.ipynb #795d2b6d
 _PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16}   # name: the autocast dtype
 
 def _channels_last(x:torch.Tensor) -> torch.Tensor:
     "Images N x C x H x W in channels-last memory order."
     return x.contiguous(memory_format=torch.channels_last)
 
+def _broadcast_float(v:float) -> float:
+    "Rank 0's `v`, on every rank."
+    import torch.distributed as dist
+    dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+    t = torch.tensor([v], dtype=torch.float64, device=dev)
+    dist.broadcast(t, 0)
+    return float(t.item())
+
+def _rank_world() -> tuple:
+    "(rank, world size) of this process in an initialized torch.distributed group; (0, 1) without one."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+def _loaders(x_train, y_train, x_valid, y_valid, bs:int, seed:int, device, rank:int=0, world:int=1):
+    "fastai `DataLoaders` over the tensors; with several processes, each gets its own shard of both splits."
+    from fastai.data.core import DataLoaders
+    if bs % world:
+        raise ParameterError(f"batch size {bs} does not split evenly over {world} processes; "
+                             f"use a multiple of {world}, e.g. {max(bs - bs % world, world)}")
+    pbs = bs // world   # per process: the global batch, so the optimization, stays what one process would do
+    train = TensorLoader(x_train, y_train, pbs, shuffle=True, drop_last=len(x_train) // world > pbs, seed=seed,
+                         rank=rank, world_size=world)
+    valid = TensorLoader(x_valid, y_valid, pbs * 2, rank=rank, world_size=world, even=False)
+    return DataLoaders(train, valid, device=device)
+
+def _model_for(cfg:dict, device, channels_last:bool=False) -> nn.Module:
+    "`build_model(cfg)` with the local pretrained weights `cfg['pretrained']` names, if any, on `device`."
+    model = build_model(cfg)
+    if cfg.get('pretrained'): load_pretrained(model, cfg['pretrained'])
+    return model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+
 def train_classifier(x_train:torch.Tensor, y_train:torch.Tensor, # normalized N x 1 x S x S floats, int64 labels
                      x_valid:torch.Tensor, y_valid:torch.Tensor, # the validation split, same form
-                     cfg:dict, # model config (see `build_model`) plus 'classes', 'size', 'mean', 'std'
-                     epochs:int=5, lr:float=3e-3, bs:int=128, seed:int=0, wd:float=0.01,
+                     cfg:dict, # model config (see `build_model`) plus 'classes', 'size', 'mean', 'std'; 'pretrained': a local weights file
+                     epochs:int=5,
+                     lr:float|str=3e-3, # peak learning rate, or 'find': the suggestion of `find_lr`
+                     bs:int=128, # batch size (with several processes: the global batch, split between them)
+                     seed:int=0, wd:float=0.01,
                      wandb_project:str|None=None, # log to this W&B project; None: no W&B
                      wandb_dir=None, # where wandb writes its run folder
                      device=None, # 'cpu', 'cuda', ...; default: where `x_train` is
@@ -422,32 +477,240 @@ def train_classifier(x_train:torch.Tensor, y_train:torch.Tensor, # normalized N 
                      precision:str='fp32', # 'bf16': forward pass and loss under bfloat16 autocast (weights stay float32)
                      channels_last:bool=False, # model and images in channels-last memory order (faster convolutions on GPUs)
                      patience:int|None=None, # stop once the validation loss has not improved for this many epochs
-                     min_delta:float=0.0): # how much lower the validation loss must be to count as an improvement
+                     min_delta:float=0.0, # how much lower the validation loss must be to count as an improvement
+                     cbs=None, # extra fastai callbacks for this fit
+                     checkpoint_dir=None, # save a checkpoint here at the end of every epoch
+                     resume:bool=False): # continue from the newest complete checkpoint in `checkpoint_dir`
     "Fit `build_model(cfg)` with fastai's one-cycle schedule; the trained `Learner` (`learn.model`, `learn.recorder`)."
     from fastai.torch_core import set_seed
-    from fastai.data.core import DataLoaders
     if precision not in _PRECISIONS:
         raise ParameterError(f"precision {precision!r} is not supported; use one of {', '.join(map(repr, _PRECISIONS))}")
+    if resume and checkpoint_dir is None:
+        raise ParameterError("resume=True needs checkpoint_dir: the folder the interrupted fit wrote its checkpoints to")
+    if isinstance(lr, str) and lr != 'find': raise ParameterError(f"lr {lr!r} is neither a number nor 'find'")
+    rank, world = _rank_world()   # inside `torchrun` workers: data-parallel; otherwise one process
+    if lr == 'find':   # with several processes, rank 0 finds it and the others take its value
+        lr = find_lr(x_train, y_train, x_valid, y_valid, cfg, bs=bs, seed=seed, wd=wd, device=device, show_plot=False)[0] if rank == 0 else 0.0
+        if world > 1: lr = _broadcast_float(lr)
     set_seed(seed)   # cudnn's deterministic/benchmark switches are left to the caller: they only matter on a GPU
     device = torch.device(device) if device is not None else x_train.device
     if channels_last: x_train, x_valid = _channels_last(x_train), _channels_last(x_valid)
-    dls = DataLoaders(TensorLoader(x_train, y_train, bs, shuffle=True, drop_last=len(x_train) > bs, seed=seed),
-                      TensorLoader(x_valid, y_valid, bs * 2), device=device)
-    model = build_model(cfg).to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    dls = _loaders(x_train, y_train, x_valid, y_valid, bs, seed, device, rank, world)
+    model = _model_for(cfg, device, channels_last)
     hypers = dict(epochs=epochs, lr=lr, bs=bs, seed=seed, wd=wd, precision=precision, channels_last=channels_last)
-    cbs = [_wandb_callback(wandb_project, wandb_dir, cfg, hypers)] if wandb_project else []
+    fit_cbs = [_wandb_callback(wandb_project, wandb_dir, cfg, hypers)] if wandb_project and rank == 0 else []
     if patience is not None:
         from fastai.callback.tracker import EarlyStoppingCallback
-        cbs.append(EarlyStoppingCallback(monitor='valid_loss', min_delta=min_delta, patience=patience))
-    learn = _fastai_learner(dls, model, wd, cbs, progress)
+        fit_cbs.append(EarlyStoppingCallback(monitor='valid_loss', min_delta=min_delta, patience=patience))
+    if world > 1:
+        from neuronb.train.distributed import ddp_callback
+        fit_cbs.append(ddp_callback())
+    if checkpoint_dir is not None:
+        settings = {**hypers, 'patience': patience, 'min_delta': min_delta, 'world_size': world,
+                    'n_train': len(x_train), 'n_valid': len(x_valid), 'cfg': cfg}
+        fit_cbs.append(checkpoint_callback(checkpoint_dir, settings, resume))
+    learn = _fastai_learner(dls, model, wd, fit_cbs + list(cbs or []), progress and rank == 0)
     if _PRECISIONS[precision] is not None: learn.amp = {'device_type': device.type, 'dtype': _PRECISIONS[precision]}
     try: learn.fit_one_cycle(epochs, lr)
     finally:
-        if wandb_project:
+        if wandb_project and rank == 0:
             import wandb
             wandb.finish()
     learn.cfg = cfg
     return learn
+
+# %% ../../nbs/41_train.learner.ipynb #09980cab
+CHECKPOINT_FORMAT = 'neuronb-checkpoint/1'
+_CKPT_FILES = ('model.safetensors', 'state.safetensors', 'state.json')
+
+def _unwrap(model:nn.Module) -> nn.Module:
+    "The module inside a DistributedDataParallel wrapper, or `model` itself."
+    from torch.nn.parallel import DistributedDataParallel
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+def _torch_opt(learn):
+    "The optimizer whose state_dict holds the state (torch's, inside fastai's wrapper, or fastai's own)."
+    opt = learn.opt
+    return opt.opt if isinstance(getattr(opt, 'opt', None), torch.optim.Optimizer) else opt
+
+def _opt_state(opt) -> tuple:
+    "A torch optimizer's state dict split into tensors {'opt.<param>.<name>': t} and the JSON-able rest."
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for i, st in sd['state'].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor): tensors[f'opt.{i}.{k}'] = v.detach().cpu().contiguous()
+            else: scalars[f'{i}.{k}'] = v
+    return tensors, {'param_groups': sd['param_groups'], 'scalars': scalars}
+
+def _fit_state(learn) -> tuple:
+    "Everything besides the weights a fit needs to continue exactly: (tensors, JSON-able values)."
+    rec, sl = learn.recorder, learn.recorder.smooth_loss
+    if hasattr(sl, 'flush'): sl.flush()
+    tensors, opt = _opt_state(_torch_opt(learn))
+    tensors['rng.torch'] = torch.get_rng_state()
+    if isinstance(learn.dls.train, TensorLoader): tensors['rng.loader'] = learn.dls.train.gen.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()): tensors[f'rng.cuda.{i}'] = s
+    tensors['recorder.losses'] = torch.tensor([float(l) for l in rec.losses], dtype=torch.float32)
+    sched = [cb for cb in learn.cbs if hasattr(cb, 'scheds') and hasattr(cb, 'hps')]
+    plain = {'optimizer': opt, 'lrs': [float(v) for v in rec.lrs], 'iters': [int(v) for v in rec.iters],
+             'values': [[float(v) for v in row] for row in rec.values], 'smooth': [int(sl.count), float(sl.val)],
+             'hps': {k: [float(v) for v in vs] for k, vs in sched[0].hps.items()} if sched else {},
+             'trackers': {cb.name: [float(cb.best), int(getattr(cb, 'wait', 0))] for cb in learn.cbs
+                          if hasattr(cb, 'monitor') and getattr(cb, 'best', None) is not None}}
+    return tensors, plain
+
+def _write_json(path:Path, obj):
+    "Write `obj` as JSON to `path` through a temporary file and a rename."
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
+    with os.fdopen(fd, 'w') as f: f.write(json.dumps(obj, indent=1, default=_json_default) + '\n')
+    os.replace(tmp, path)
+
+def save_checkpoint(learn, folder, settings:dict, epoch:int, finished:bool=False) -> Path:
+    "Save `learn`'s weights and fit state after `epoch` epochs as `folder/epoch-NNNN`; delete older checkpoints."
+    from safetensors.torch import save_file
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix='.tmp-', dir=folder))
+    dest = folder/f'epoch-{epoch:04d}'
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in _unwrap(learn.model).state_dict().items()}, str(tmp/'model.safetensors'))
+        tensors, plain = _fit_state(learn)
+        save_file(tensors, str(tmp/'state.safetensors'))
+        _write_json(tmp/'state.json', plain)
+        meta = {'format': CHECKPOINT_FORMAT, 'epoch': epoch, 'n_epoch': learn.n_epoch, 'finished': finished,
+                'settings': settings, 'sha256': {n: _sha256(tmp/n) for n in _CKPT_FILES}}
+        _write_json(tmp/'meta.json', meta)   # last: a checkpoint folder with a meta.json is complete
+        if dest.exists(): shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in folder.glob('epoch-[0-9][0-9][0-9][0-9]'):
+        if old != dest: shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+def last_checkpoint(folder) -> Path|None:
+    "The newest complete checkpoint in `folder`, or None."
+    done = sorted(p for p in Path(folder).glob('epoch-[0-9][0-9][0-9][0-9]') if (p/'meta.json').is_file())
+    return done[-1] if done else None
+
+def load_checkpoint(path) -> tuple:
+    "(meta, weights, state tensors, state values) of the checkpoint folder `path`, checked against its hashes; nothing unpickled."
+    from safetensors.torch import load_file
+    path = Path(path)
+    try: meta = json.loads((path/'meta.json').read_text())
+    except (OSError, ValueError) as e: raise ModelError(f"cannot read {path/'meta.json'} ({e}); delete {path} to fall back to an older checkpoint") from None
+    if not isinstance(meta, dict) or meta.get('format') != CHECKPOINT_FORMAT:
+        raise ModelError(f"{path} is not a neuronb checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r}, expected {CHECKPOINT_FORMAT!r})")
+    for n in _CKPT_FILES:
+        if not (path/n).is_file() or _sha256(path/n) != meta.get('sha256', {}).get(n):
+            raise ModelError(f"{path/n} is missing or does not match the hash in {path/'meta.json'}: the checkpoint was changed "
+                             f"after saving. Refusing to load it; delete {path} (to start over) or restore it")
+    return meta, load_file(str(path/'model.safetensors')), load_file(str(path/'state.safetensors')), json.loads((path/'state.json').read_text())
+
+def _check_settings(meta:dict, settings:dict, path:Path):
+    "Raise a ModelError naming each setting in which this fit differs from the checkpoint's."
+    now = json.loads(json.dumps(settings, default=_json_default))
+    diff = [f"{k} {meta['settings'].get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(meta['settings']))
+            if now.get(k) != meta['settings'].get(k)]
+    if diff:
+        raise ModelError(f"the checkpoint in {path} was made by a different fit ({'; '.join(diff)}); resume with the same "
+                         f"settings, or use another checkpoint_dir (or delete this one) to start over")
+
+def _load_opt_state(opt, tensors:dict, saved:dict):
+    "Load an optimizer's state, keeping its param-group dicts: the one-cycle scheduler writes into those very dicts."
+    state = {}
+    for k, v in tensors.items():
+        if k.startswith('opt.'): _, i, name = k.split('.', 2); state.setdefault(int(i), {})[name] = v
+    for k, v in saved['scalars'].items(): i, name = k.split('.', 1); state.setdefault(int(i), {})[name] = v
+    groups = opt.param_groups
+    types = [{k: type(v) for k, v in g.items()} for g in groups]   # JSON made tuples (AdamW's betas) into lists
+    pgs = [{k: types[j].get(k, list)(v) if isinstance(v, list) and k != 'params' else v for k, v in g.items()}
+           for j, g in enumerate(saved['param_groups'])]
+    opt.load_state_dict({'state': state, 'param_groups': pgs})   # torch replaces the group dicts with new ones...
+    for old, new in zip(groups, opt.param_groups): old.update(new)
+    opt.param_groups = groups   # ...so put the originals back, updated
+
+def _restore(learn, meta:dict, weights:dict, tensors:dict, plain:dict):
+    "Put the checkpoint's weights and fit state into `learn`, after the callbacks have reset theirs for the fit."
+    from fastcore.foundation import L
+    _unwrap(learn.model).load_state_dict(weights)
+    _load_opt_state(_torch_opt(learn), tensors, plain['optimizer'])
+    torch.set_rng_state(tensors['rng.torch'])
+    if 'rng.loader' in tensors: learn.dls.train.gen.set_state(tensors['rng.loader'])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith('rng.cuda.')]
+    if cuda and torch.cuda.is_available(): torch.cuda.set_rng_state_all(cuda)
+    rec = learn.recorder
+    rec.losses.extend(tensors['recorder.losses'].unbind())   # in place: the smoother appends to this very list
+    rec.lrs.extend(plain['lrs']); rec.iters.extend(plain['iters'])
+    rec.values.extend(L(row) for row in plain['values'])
+    rec.smooth_loss.count, rec.smooth_loss.val = plain['smooth']
+    for cb in learn.cbs:
+        if hasattr(cb, 'scheds') and hasattr(cb, 'hps'):
+            for k, v in plain['hps'].items(): cb.hps[k].extend(v)
+        if cb.name in plain['trackers'] and hasattr(cb, 'monitor'): cb.best, cb.wait = plain['trackers'][cb.name]
+    learn.first_epoch = learn.n_epoch if meta['finished'] else meta['epoch']
+    learn.epoch, learn.train_iter = max(meta['epoch'] - 1, 0), meta['epoch'] * len(learn.dls.train)
+
+_CALLBACKS = {}
+def checkpoint_callback(folder, settings:dict, resume:bool=False):
+    "A fastai callback that saves a checkpoint into `folder` after every epoch and, with `resume`, restores the newest first."
+    if 'Checkpoints' not in _CALLBACKS:
+        from fastai.callback.core import Callback
+        class Checkpoints(Callback):
+            "Checkpoints after every epoch (rank 0 only); with `resume`, the newest one restored before the fit."
+            order = 65   # after the recorder (50), the scheduler and trackers (60): they reset their state before this restores it
+            def __init__(self, folder, settings, resume): self.folder, self.settings, self.resume, self.saved = Path(folder), settings, resume, 0
+            def before_fit(self):
+                self.run = not hasattr(self.learn, 'lr_finder')
+                self.learn.first_epoch, self.saved = 0, 0
+                if not self.run or not self.resume: return
+                path = last_checkpoint(self.folder)
+                if path is None: return print(f"no checkpoint in {self.folder} yet: starting from the first epoch")
+                meta, weights, tensors, plain = load_checkpoint(path)
+                _check_settings(meta, self.settings, path)
+                _restore(self.learn, meta, weights, tensors, plain)
+                self.saved = meta['epoch']
+            def after_epoch(self):
+                if _rank_world()[0] == 0: save_checkpoint(self.learn, self.folder, self.settings, self.epoch + 1)
+                self.saved = self.epoch + 1
+            def after_fit(self):
+                if _rank_world()[0] != 0: return
+                done = len(self.learn.recorder.values)   # complete epochs: one cancelled mid-way has no row
+                if done and done != self.saved: save_checkpoint(self.learn, self.folder, self.settings, done, finished=True)
+                elif self.saved:   # the fit ended (or stopped early): mark its last checkpoint finished
+                    path = self.folder/f'epoch-{self.saved:04d}'
+                    _write_json(path/'meta.json', {**json.loads((path/'meta.json').read_text()), 'finished': True})
+        _CALLBACKS['Checkpoints'] = Checkpoints
+    return _CALLBACKS['Checkpoints'](folder, settings, resume)
+
+# %% ../../nbs/41_train.learner.ipynb #1046ca6f
+def find_lr(x_train:torch.Tensor, y_train:torch.Tensor, x_valid:torch.Tensor, y_valid:torch.Tensor, cfg:dict,
+            bs:int=128, seed:int=0, wd:float=0.01, device=None,
+            start_lr:float=1e-7, end_lr:float=10., # the range of learning rates tried
+            num_it:int=100, # steps of the search
+            show_plot:bool=True) -> tuple: # draw the loss against the learning rate
+    "fastai's learning-rate finder on a fresh model: (suggested learning rate, the plot's figure or None)."
+    from fastai.torch_core import set_seed
+    from fastai.callback.schedule import valley
+    set_seed(seed)
+    device = torch.device(device) if device is not None else x_train.device
+    learn = _fastai_learner(_loaders(x_train, y_train, x_valid, y_valid, bs, seed, device), _model_for(cfg, device), wd, [], False)
+    with tempfile.TemporaryDirectory() as d:
+        learn.path = Path(d)   # the finder saves the weights here and restores them afterwards
+        lr = float(learn.lr_find(start_lr, end_lr, num_it, show_plot=False, suggest_funcs=(valley,)).valley)
+    return lr, _plot_lr_find(learn.recorder, lr) if show_plot else None
+
+def _plot_lr_find(rec, lr:float):
+    "Loss against learning rate (log scale), the suggestion marked."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    lrs, losses = [float(v) for v in rec.lrs], [float(v) for v in rec.losses]
+    ax.plot(lrs[:-5] or lrs, losses[:-5] or losses)   # the last steps diverge: fastai's plot skips them too
+    ax.axvline(lr, color='tab:red', ls='--', label=f'suggested {lr:.1e}')
+    ax.set(xscale='log', xlabel='learning rate', ylabel='loss'); ax.legend()
+    return fig
 
 # %% ../../nbs/41_train.learner.ipynb #79c1839d
 def accuracy_on(model:nn.Module, x:torch.Tensor, y:torch.Tensor, # normalized images and int64 labels
@@ -486,4 +749,56 @@ def plot_confusion(cm:np.ndarray, classes:list, ax=None):
            xlabel='predicted', ylabel='actual')
     for (i, j), v in np.ndenumerate(cm):
         if v: ax.text(j, i, int(v), ha='center', va='center', color='white' if v > cm.max() / 2 else 'black', fontsize=8)
+    return ax
+
+# %% ../../nbs/41_train.learner.ipynb #2c85fbb3
+def top_losses(model:nn.Module, x:torch.Tensor, y:torch.Tensor, # normalized images and int64 labels
+               k:int=9, bs:int=512) -> tuple:
+    "The `k` items with the highest loss, highest first: (indices, losses, predicted classes), CPU tensors."
+    if k < 1: raise ParameterError(f"k must be at least 1, got {k}")
+    if len(x) == 0: raise DataError("top_losses got no images; check the split")
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    try:
+        with torch.no_grad(): logits = torch.cat([model(x[i:i+bs].to(dev)).float().cpu() for i in range(0, len(x), bs)])
+    finally: model.train(was_training)
+    losses = nn.functional.cross_entropy(logits, y.cpu(), reduction='none')
+    top, idx = losses.topk(min(k, len(x)))
+    return idx, top, logits.argmax(1)[idx]
+
+def plot_top_losses(model:nn.Module, x:torch.Tensor, y:torch.Tensor, # normalized images and int64 labels
+                    classes:list, # class names, indexed by label
+                    k:int=9, ncols:int=3):
+    "A grid of the `k` highest-loss images titled predicted / actual / loss; the figure."
+    import matplotlib.pyplot as plt
+    idx, losses, preds = top_losses(model, x, y, k)
+    nrows = math.ceil(len(idx) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.4 * nrows), squeeze=False)
+    for ax in axes.flat: ax.axis('off')
+    for ax, i, l, p in zip(axes.flat, idx.tolist(), losses.tolist(), preds.tolist()):
+        ax.imshow(x[i, 0].float().cpu(), cmap='gray')
+        ax.set_title(f"{classes[p]} / {classes[int(y[i])]} / {l:.2f}", fontsize=9)
+    fig.suptitle('predicted / actual / loss', fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# %% ../../nbs/41_train.learner.ipynb #61b4ebd4
+def training_history(learn) -> dict:
+    "The recorder's curves as plain lists: per-step smoothed training loss and lr, per-epoch metrics."
+    rec = learn.recorder
+    names = [n for n in rec.metric_names[1:] if n != 'time']
+    return {'metric_names': names, 'values': [[float(v) for v in row] for row in rec.values],
+            'losses': [float(v) for v in rec.losses], 'lrs': [float(v) for v in rec.lrs], 'iters': [int(i) for i in rec.iters]}
+
+def plot_history(history:dict, ax=None, skip_start:int=5):
+    "Training loss per step and validation loss per epoch, from `training_history`."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(5, 3.2))
+    losses = history['losses']
+    ax.plot(range(skip_start, len(losses)), losses[skip_start:], label='train')
+    if 'valid_loss' in history['metric_names']:
+        i = history['metric_names'].index('valid_loss')
+        ax.plot(history['iters'], [row[i] for row in history['values']], marker='o', label='valid')
+    ax.set(xlabel='step', ylabel='loss'); ax.legend()
     return ax

@@ -14,7 +14,8 @@ from ..core import ModelError
 
 # %% auto #0
 __all__ = ['ARCHS', 'MODEL_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE', 'conv_bn_relu', 'simple_cnn', 'build_model', 'resnet18',
-           'preprocess', 'images_to_tensor', 'predict_proba', 'save_model', 'load_model', 'model_version']
+           'preprocess', 'images_to_tensor', 'predict_proba', 'save_model', 'load_model', 'model_version',
+           'load_pretrained']
 
 # %% ../../nbs/40_train.model.ipynb #a50df63a
 def conv_bn_relu(ni:int, # input channels
@@ -48,16 +49,21 @@ def build_model(cfg:dict) -> nn.Module: # cfg: {'arch': 'simple_cnn', 'n_classes
     if 'n_classes' not in kw and 'classes' in kw: kw['n_classes'] = len(kw['classes'])
     return ARCHS[arch](**kw)
 
-# %% ../../nbs/40_train.model.ipynb #1335a062
+# %% ../../nbs/40_train.model.ipynb #c80f7876
 def resnet18(n_classes:int=10, # number of output classes
              in_channels:int=1, # 1 for grayscale
+             stem:str='small', # 'small': 3x3 stride-1 stem, no max-pool; 'imagenet': torchvision's own 7x7 stride-2 stem and max-pool
              **_) -> nn.Module:
-    "torchvision's ResNet-18 with random weights, for small images: a 3x3 stride-1 stem and no max-pool."
+    "torchvision's ResNet-18 with random weights; by default with a stem for small images."
     from torchvision.models import resnet18 as tv_resnet18   # here, not at import: torchvision takes seconds to import
+    if stem not in ('small', 'imagenet'): raise ModelError(f"resnet18 stem {stem!r} is unknown; use 'small' or 'imagenet'")
     model = tv_resnet18(weights=None, num_classes=n_classes)
-    model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    if stem == 'imagenet':
+        if in_channels != 3: model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+    else:
+        model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
     nn.init.kaiming_normal_(model.conv1.weight, mode='fan_out', nonlinearity='relu')   # as torchvision inits its stem
-    model.maxpool = nn.Identity()
     return model
 
 ARCHS['resnet18'] = resnet18
@@ -259,3 +265,52 @@ def model_version(cfg:dict) -> str:
     "A short id of a saved model: the first 12 hex digits of its weights' SHA-256."
     if not cfg.get('weights_sha256'): raise ModelError("this config has no weights_sha256: save the model with save_model first")
     return cfg['weights_sha256'][:12]
+
+# %% ../../nbs/40_train.model.ipynb #86ed4eb6
+def _read_state_dict(path:Path) -> dict:
+    "The tensors in a .safetensors file or a torch state-dict file, loaded without unpickling arbitrary objects."
+    import pickle
+    if path.suffix == '.safetensors':
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try: return load_file(str(path), device='cpu')
+        except SafetensorError as e: raise ModelError(f"{path} is not a readable safetensors file ({e})") from None
+    try: sd = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ModelError(f"{path} holds Python objects other than tensors; refusing to unpickle it. Save the state dict "
+                         f"(model.state_dict()) or convert it to .safetensors ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError) as e: raise ModelError(f"{path} is not a readable PyTorch file ({e})") from None
+    for k in ('state_dict', 'model'):   # common checkpoint layouts
+        if isinstance(sd, dict) and isinstance(sd.get(k), dict): sd = sd[k]
+    if not isinstance(sd, dict): raise ModelError(f"{path} holds a {type(sd).__name__}, not a state dict of tensors")
+    return {k.removeprefix('module.'): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+def _ends(model:nn.Module) -> tuple:
+    "(names of the first convolution's weight, names of the last Linear layer's parameters)."
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    pre = lambda n: f'{n}.' if n else ''
+    return ({pre(convs[0]) + 'weight'} if convs else set(),
+            {pre(linears[-1]) + 'weight', pre(linears[-1]) + 'bias'} if linears else set())
+
+def load_pretrained(model:nn.Module, # a model from `build_model`
+                    path) -> dict: # a local .safetensors or .pth/.pt state dict
+    "Copy the weights in the local file `path` into `model`; returns the names of the tensors loaded, adapted and skipped."
+    path = Path(path)
+    if not path.is_file(): raise ModelError(f"pretrained weights file {path} does not exist; neuronb never downloads weights: fetch the file once and point 'pretrained' at it")
+    have, want = _read_state_dict(path), model.state_dict()
+    stem, head = _ends(model)
+    out, report, problems = {}, {'loaded': [], 'adapted': [], 'skipped': []}, []
+    for k, w in want.items():
+        v = have.get(k)
+        if v is not None and v.shape == w.shape: out[k] = v; report['loaded'].append(k)
+        elif v is not None and k in stem and v.ndim == 4 and v.shape[0] == w.shape[0] and v.shape[2:] == w.shape[2:] and w.shape[1] == 1:
+            out[k] = v.sum(1, keepdim=True); report['adapted'].append(k)   # RGB filters summed for a one-channel input
+        elif k in head: report['skipped'].append(k)   # another number of classes: a new head
+        else: problems.append(f"missing {k}" if v is None else f"{k}: file {tuple(v.shape)} vs model {tuple(w.shape)}")
+    if problems:
+        shown = '; '.join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else '')
+        raise ModelError(f"the pretrained weights in {path} do not fit this architecture ({shown}); use weights made for it "
+                         f"(for torchvision's ResNet weights set 'stem': 'imagenet')")
+    model.load_state_dict(out, strict=False)
+    return report
