@@ -188,3 +188,22 @@ def test_review_in_chromium(digits_store):
             browser.close()
     finally:
         _stop(proc)
+
+
+def test_review_notebook_of_the_example_lists_the_crowd_disputes(tmp_path):
+    "The example's labeling/review.ipynb runs in a kernel over imported crowd answers with one dispute."
+    from neuronb.pipeline.project import init_project
+    from neuronb.pipeline.runner import run_notebook
+    from neuronb.data.digits import render_digits
+    from neuronb.data.versions import add_files, commit
+    from neuronb.label.project import import_labels, project_events
+    project = init_project(tmp_path/'p')
+    truth = render_digits(tmp_path/'raw', n=6)
+    add_files(project.store(), tmp_path/'raw', dataset='digits', progress=False); commit(project.store(), 'digits', 'six')
+    rows = [f"{f},w{w},{l if (w or i) else (l + 1) % 10}" for i, (f, l) in enumerate(zip(truth.file, truth.label)) for w in range(2)]
+    (tmp_path/'crowd.csv').write_text('task,worker,label\n' + '\n'.join(rows) + '\n')
+    import_labels(project, tmp_path/'crowd.csv')
+    out = run_notebook(project.root/'labeling/review.ipynb', tmp_path/'out.ipynb', parameters={'reviewer': 'lead'}, cwd=project.root)
+    assert out.status == 'ok', out
+    text = (tmp_path/'out.ipynb').read_text()
+    assert '1 disputed items to review' in text

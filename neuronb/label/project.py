@@ -10,16 +10,27 @@ from ..core import DataError, ParameterError
 from .events import EventStore, events_frame_from_table, aggregate, item_agreement, annotator_accuracy, disagreements
 
 # %% auto #0
-__all__ = ['IMPORTS', 'APP_EVENTS', 'project_events', 'import_labels', 'current_table', 'export_labels', 'labeling_report']
+__all__ = ['IMPORTS', 'APP_EVENTS', 'ProjectEvents', 'project_events', 'import_labels', 'current_table', 'export_labels',
+           'labeling_report']
 
-# %% ../../nbs/25_label.project.ipynb #4b837990
+# %% ../../nbs/25_label.project.ipynb #e0c1ac07
 IMPORTS, APP_EVENTS = 'labels/imports', 'labels/events'
+
+class ProjectEvents(EventStore):
+    "A project's label events: reads the imported and the app's events together, writes new ones with the app's."
+    def __init__(self, store): # project storage: a `Store` or a URL
+        super().__init__(store, APP_EVENTS)
+        self.imports = EventStore(self.store, IMPORTS)
+
+    def events(self, annotator=None) -> 'pd.DataFrame':
+        "Every event, imported or from the app, oldest first (only `annotator`'s when given)."
+        import pandas as pd
+        frames = [self.imports.events(annotator), EventStore.events(self, annotator)]
+        return pd.concat(frames, ignore_index=True).sort_values('id', kind='stable', ignore_index=True)
 
 def project_events(store) -> 'pd.DataFrame': # project storage: a `Store` or a URL
     "Every label event of a project, imported and from the labeling app, oldest first."
-    import pandas as pd
-    frames = [EventStore(store, root).events() for root in (IMPORTS, APP_EVENTS)]
-    return pd.concat(frames, ignore_index=True).sort_values('id', kind='stable', ignore_index=True)
+    return ProjectEvents(store).events()
 
 # %% ../../nbs/25_label.project.ipynb #5cc1dd8c
 def _source_tag(path, fmt) -> str:
