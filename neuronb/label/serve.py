@@ -19,22 +19,18 @@ __all__ = ['JOB_ENV', 'ANNOTATOR_HEADER', 'ANNOTATOR_ENV', 'labeling_settings', 
 def _pipeline_file(project) -> Path: return Path(project.root)/'pipeline.yaml'
 
 def labeling_settings(project) -> dict:
-    "The project's `labeling:` block, checked: notebook, dataset, classes, multi_label, boxes, overlap."
+    "The project's `labeling:` block checked (`parse_labeling`), with a dataset named and a notebook that exists."
+    from neuronb.pipeline.project import parse_labeling
     cfg, where = getattr(project, 'labeling', None), _pipeline_file(project)
     if not cfg:
         raise ConfigError(f"{where} has no `labeling:` block; add one, e.g. `labeling: {{notebook: labeling/label.ipynb, "
                           f"dataset: digits, classes: ['0', '1'], overlap: 2}}`")
-    if not isinstance(cfg, dict): raise ConfigError(f"{where}: `labeling:` must be a mapping (notebook, dataset, classes, ...)")
-    for key in ('notebook', 'dataset', 'classes'):
-        if not cfg.get(key): raise ConfigError(f"{where}: `labeling:` needs `{key}:` (e.g. notebook: labeling/label.ipynb, dataset: digits, classes: ['0', '1'])")
-    classes = cfg['classes']
-    if not isinstance(classes, list) or not all(isinstance(c, (str, int)) and str(c) for c in classes) or len(set(map(str, classes))) < len(classes):
-        raise ConfigError(f"{where}: `labeling: classes` must be a list of distinct class names, got {classes!r}")
+    if isinstance(cfg, dict) and not cfg.get('dataset'):
+        raise ConfigError(f"{where}: `labeling:` needs `dataset:`, the dataset whose latest version holds the items (e.g. dataset: digits)")
+    cfg = parse_labeling(cfg, where)
     if not (Path(project.root)/cfg['notebook']).is_file():
         raise ConfigError(f"{where}: `labeling: notebook` names {cfg['notebook']}, which does not exist; fix the path or restore the notebook")
-    return {'notebook': str(cfg['notebook']), 'dataset': str(cfg['dataset']), 'classes': [str(c) for c in classes],
-            'multi_label': bool(cfg.get('multi_label', False)), 'boxes': bool(cfg.get('boxes', False)),
-            'overlap': cfg.get('overlap', 1), 'instructions': str(cfg.get('instructions') or '')}
+    return cfg
 
 # %% ../../nbs/24_label.serve.ipynb #eb72c3d5
 _ANNOTATOR_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$')
