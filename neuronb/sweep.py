@@ -220,15 +220,23 @@ def _limit_threads(n:int):
     for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ[k] = str(n)   # read when torch is first imported
     if 'torch' in sys.modules: sys.modules['torch'].set_num_threads(n)
 
-def _worker(cfg_raw:dict, objective, n_trials:int, storage:str, study_name:str, seed, threads:int):
-    "One worker: load the study and run `n_trials` trials on it with `threads` threads."
+def _claim_trials(study, fn, budget, n_trials:int):
+    "Run trials one at a time while the shared count of claimed trials is below `n_trials`."
+    while True:
+        with budget.get_lock():
+            if budget.value >= n_trials: return
+            budget.value += 1
+        study.optimize(fn, n_trials=1, gc_after_trial=False)
+
+def _worker(cfg_raw:dict, objective, budget, n_trials:int, storage:str, study_name:str, seed, threads:int):
+    "One worker process: load the study and claim trials from the shared `budget` until `n_trials` are taken."
     _limit_threads(threads)
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sc = parse_sweep_config(cfg_raw)
     study = optuna.load_study(study_name=study_name, storage=_storage(storage), sampler=make_sampler(sc, seed),
                               pruner=make_pruner(sc))
-    study.optimize(_trial_fn(objective, sc), n_trials=n_trials, gc_after_trial=False)
+    _claim_trials(study, _trial_fn(objective, sc), budget, n_trials)
 
 # %% ../nbs/50_sweep.ipynb #25b3414c
 @dataclass
@@ -284,25 +292,51 @@ def run_local_sweep(cfg, # a SweepConfig, dict, YAML text or path
     if wandb_project: objective = TrackedObjective(objective, sc.metric, wandb_project, study_name, str(_project_root()/'runs'))
     if workers == 1: study.optimize(_trial_fn(objective, sc), n_trials=n_trials, gc_after_trial=False)
     else:
-        threads = max(1, _cores() // workers)
-        _run_processes(_worker, [(sc.raw, objective, k, storage, study_name, None if seed is None else seed + i, threads)
-                                 for i, k in enumerate(_shares(n_trials, workers)) if k], objective)
+        _run_local_workers(sc, objective, study, n_trials, workers, storage, study_name, seed)
     return optuna.load_study(study_name=study_name, storage=_storage(storage))
 
 def default_trials(sc:SweepConfig) -> int:
     "Trials a sweep runs when not told: the grid's size for grid, else `run_cap`, else 10."
     return grid_size(sc) if sc.method == 'grid' else (sc.run_cap or 10)
 
-def _run_processes(target, arg_lists:list, objective):
-    "Run `target(*args)` in one spawned process per `args` and wait for all; a failed worker is an error."
-    import multiprocessing as mp, pickle
-    try: pickle.dumps(objective)   # a spawned worker gets the objective by its import name
+def _check_sendable(objective):
+    "A spawned worker gets the objective by its import name: refuse one it cannot import."
+    import pickle
+    try: pickle.dumps(objective)
     except Exception: raise ConfigError(f"the objective {getattr(objective, '__qualname__', objective)!r} cannot be sent to worker "
                                         f"processes; define it at the top level of an importable module, or use workers=1") from None
+
+def _run_processes(target, arg_lists:list, objective):
+    "Run `target(*args)` in one spawned process per `args` and wait for all; a failed worker is an error."
+    import multiprocessing as mp
+    _check_sendable(objective)
     ctx = mp.get_context('spawn')
     procs = [ctx.Process(target=target, args=args) for args in arg_lists]
     for p in procs: p.start()
     for p in procs: p.join()
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad: raise StageFailed(f"{len(bad)} sweep worker(s) failed (exit codes {bad}); run with workers=1 to see the error")
+
+def _run_local_workers(sc, objective, study, n_trials, workers, storage, study_name, seed):
+    """`workers - 1` spawned processes plus this one (already warm: no import wait) claim trials from one shared
+    count, so every worker stays busy to the end and exactly `n_trials` run."""
+    import multiprocessing as mp, torch
+    _check_sendable(objective)
+    ctx, threads = mp.get_context('spawn'), max(1, _cores() // workers)
+    budget = ctx.Value('i', 0)
+    procs = [ctx.Process(target=_worker, args=(sc.raw, objective, budget, n_trials, storage, study_name,
+                                               None if seed is None else seed + i, threads)) for i in range(1, workers)]
+    for p in procs: p.start()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        _claim_trials(study, _trial_fn(objective, sc), budget, n_trials)
+    except BaseException:
+        for p in procs: p.terminate()
+        raise
+    finally:
+        torch.set_num_threads(before)
+        for p in procs: p.join()
     bad = [p.exitcode for p in procs if p.exitcode]
     if bad: raise StageFailed(f"{len(bad)} sweep worker(s) failed (exit codes {bad}); run with workers=1 to see the error")
 
