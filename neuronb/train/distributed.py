@@ -4,7 +4,7 @@
 
 # %% ../../nbs/42_train.distributed.ipynb #f88b9017
 from __future__ import annotations
-import json, os, shutil, signal, subprocess, sys, tempfile, traceback, uuid
+import gc, json, os, shutil, signal, subprocess, sys, tempfile, traceback, uuid
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -50,6 +50,7 @@ def ddp_callback(**ddp_kwargs): # passed to `DistributedDataParallel`
             def after_validate(self): _sum_metrics(self.learn.recorder)
             def after_fit(self):
                 if self.module is not None: self.learn.model = self.module
+                self.ddp = None   # DDP's reducer holds the process group: let it go with the fit
                 self.learn.__dict__.pop('to_detach', None)
         _CALLBACKS['DataParallel'] = DataParallel
     return _CALLBACKS['DataParallel'](**ddp_kwargs)
@@ -128,6 +129,8 @@ def worker_main(folder): # the job folder
                                      device=device, progress=False, **job['train'])
             print(f"rank {rank}/{world}: done, final {dict(zip(training_history(learn)['metric_names'], learn.recorder.values[-1]))}")
             if rank == 0: _save_results(folder, learn, world)
+            dist.barrier()            # nobody leaves while rank 0 still writes
+            del learn; gc.collect()   # DDP's reducer holds the group: its threads must end before the group is destroyed
         finally: dist.destroy_process_group()
     except BaseException as e:
         (folder/LOG_DIR/f'rank{rank}.error').write_text(f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}")
