@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_demo.ipynb #ed8a3437
 from __future__ import annotations
-import html, io, ipaddress, os, secrets, subprocess, sys, time
+import html, io, ipaddress, os, secrets, socket, subprocess, sys, time
 from pathlib import Path
 from .core import ConfigError, DataError, NeuronbError
 
@@ -117,7 +117,9 @@ def voila_command(notebook, port=8866, ip='127.0.0.1', token=None) -> list:
     return cmd
 
 def demo_link(port, ip='127.0.0.1', token=None) -> str:
-    host = '127.0.0.1' if ip in ('0.0.0.0', '::') else ip
+    "The link to hand out: a server bound to every interface (0.0.0.0, ::) is reached by this machine's name."
+    host = socket.gethostname() if ip in ('0.0.0.0', '::', '') else ip
+    if ':' in host: host = f'[{host}]'   # an IPv6 address in a URL
     return f"http://{host}:{port}/" + (f"?token={token}" if token else '')
 
 # %% ../nbs/70_demo.ipynb #fad38135
