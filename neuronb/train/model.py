@@ -4,13 +4,13 @@
 
 # %% ../../nbs/40_train.model.ipynb #ec6212f4
 from __future__ import annotations
-import hashlib, json, os, tempfile
+import hashlib, json
 from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
 from PIL import Image, ImageOps
-from ..core import ModelError
+from ..core import ModelError, atomic_write
 
 # %% auto #0
 __all__ = ['ARCHS', 'MODEL_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE', 'conv_bn_relu', 'simple_cnn', 'build_model', 'resnet18',
@@ -165,17 +165,6 @@ def _sha256(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()
 
-def _atomic_write(path:Path, write):
-    "Call `write(tmp_path)` on a temporary file next to `path`, then rename it to `path`."
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
-
 def _json_default(o):
     "JSON for numpy and torch values a config may carry."
     if hasattr(o, 'tolist'): return o.tolist()
@@ -200,15 +189,15 @@ def save_model(model:nn.Module, # the trained model
                cfg:dict, # its config; every key is kept in config.json
                folder) -> dict: # created if missing
     "Write `model.safetensors` and `config.json` into `folder` atomically; returns the full config as written."
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     cfg = _full_config(cfg)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     wpath = folder/WEIGHTS_FILE
-    _atomic_write(wpath, lambda tmp: save_file(sd, tmp, metadata={'format': MODEL_FORMAT}))
+    atomic_write(wpath, save(sd, metadata={'format': MODEL_FORMAT}))
     cfg.update(format=MODEL_FORMAT, weights_file=WEIGHTS_FILE, weights_sha256=_sha256(wpath))
     text = json.dumps(cfg, indent=2, default=_json_default)
-    _atomic_write(folder/CONFIG_FILE, lambda tmp: Path(tmp).write_text(text + '\n', encoding='utf-8'))
+    atomic_write(folder/CONFIG_FILE, text + '\n')
     return json.loads(text)   # exactly what load_model will see: plain JSON types
 
 # %% ../../nbs/40_train.model.ipynb #f655702e
