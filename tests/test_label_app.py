@@ -61,16 +61,25 @@ def _wait_text(page, selector, text, timeout=15):
         time.sleep(0.05)
 
 
-def _count(events): return len(events.events(events._who))
+def _count(events, who): return len(events.events(who))
 
 
-def _wait_count(events, n, timeout=10, t0=None):
-    "Seconds from `t0` (default now) until the event store holds `n` events of its annotator."
+def _wait_count(events, who, n, timeout=10, t0=None):
+    "Seconds from `t0` (default now) until the event store holds `n` events of annotator `who`."
     t0 = t0 or time.perf_counter()
-    while _count(events) < n:
-        assert time.perf_counter() - t0 < timeout, f"only {_count(events)} of {n} events stored"
+    while _count(events, who) < n:
+        assert time.perf_counter() - t0 < timeout, f"only {_count(events, who)} of {n} events stored"
         time.sleep(0.002)
     return time.perf_counter() - t0
+
+
+def _open(p, port, selector):
+    "`(browser, page)`: headless Chromium on the served app, once `selector` has appeared."
+    browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS)
+    page = browser.new_page()
+    page.goto(f'http://127.0.0.1:{port}/', wait_until='domcontentloaded')
+    page.wait_for_selector(selector, timeout=90_000)
+    return browser, page
 
 
 @pytest.mark.browser
@@ -79,13 +88,10 @@ def test_labeling_in_chromium(digits_store):
     from neuronb.label.events import EventStore
     tmp, store = digits_store
     proc, port = _serve(_notebook(tmp/'label.ipynb', store, 'alice'))
-    folder = EventStore(store); folder._who = 'alice'
+    folder = EventStore(store)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            page.goto(f'http://127.0.0.1:{port}/', wait_until='domcontentloaded')
-            page.wait_for_selector('.nb-item-image', timeout=90_000)
+            browser, page = _open(p, port, '.nb-item-image')
             assert 'alice' in page.inner_text('.nb-annotator')
             assert page.inner_text('.nb-progress').strip() == '0 / 8'
             img = page.locator('img.nb-item-image')
@@ -93,13 +99,13 @@ def test_labeling_in_chromium(digits_store):
             assert img.evaluate('e => getComputedStyle(e).imageRendering') == 'pixelated'
             first = img.get_attribute('src')
             page.click('.nb-class-3')
-            _wait_count(folder, 1)
+            _wait_count(folder, 'alice', 1)
             _wait_text(page, '.nb-progress', '1 / 8')
             page.wait_for_function(f"() => document.querySelector('img.nb-item-image').src != {first!r}")
             page.hover('.nb-label-app')  # keys reach the app while the pointer is over it
-            page.keyboard.press('5'); _wait_count(folder, 2)
-            page.keyboard.press('s'); _wait_count(folder, 3)
-            page.keyboard.press('u'); _wait_count(folder, 4)
+            page.keyboard.press('5'); _wait_count(folder, 'alice', 2)
+            page.keyboard.press('s'); _wait_count(folder, 'alice', 3)
+            page.keyboard.press('u'); _wait_count(folder, 'alice', 4)
             time.sleep(0.3)
             df = EventStore(store).events('alice')
             assert list(df.kind) == ['label', 'label', 'skip', 'undo'] and list(df.label[:2]) == ['3', '5'], df[['name', 'kind', 'label', 'ts']]
@@ -107,10 +113,10 @@ def test_labeling_in_chromium(digits_store):
             assert df.parent.iloc[3] == df.id.iloc[2]
             waits = []
             for k in range(6):  # the rest, by click: time from the click to the stored event (Playwright's own time included)
-                n = _count(folder)
+                n = _count(folder, 'alice')
                 t0 = time.perf_counter()
                 page.click(f'.nb-class-{k}')
-                waits.append(_wait_count(folder, n + 1, t0=t0))
+                waits.append(_wait_count(folder, 'alice', n + 1, t0=t0))
             page.wait_for_selector('.nb-done', state='visible', timeout=10_000)
             assert 'All done' in page.inner_text('.nb-done')
             waits.sort()
@@ -129,10 +135,7 @@ def test_boxes_in_chromium(digits_store):
     proc, port = _serve(_notebook(tmp/'boxes.ipynb', store, 'bea', boxes=True))
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            page.goto(f'http://127.0.0.1:{port}/', wait_until='domcontentloaded')
-            page.wait_for_selector('.nb-bbox img', timeout=90_000)
+            browser, page = _open(p, port, '.nb-bbox img')
             img = page.locator('.nb-bbox img')
             page.wait_for_function("() => document.querySelector('.nb-bbox img').naturalWidth == 32")
             box = img.bounding_box()
@@ -143,8 +146,7 @@ def test_boxes_in_chromium(digits_store):
             page.mouse.move(box['x'] + 100, box['y'] + 150, steps=5); page.mouse.move(box['x'] + 160, box['y'] + 224, steps=5)
             page.mouse.up()
             page.click('.nb-submit')
-            folder = EventStore(store); folder._who = 'bea'
-            _wait_count(folder, 1)
+            _wait_count(EventStore(store), 'bea', 1)
             ev = EventStore(store).events('bea').iloc[0]
             assert ev.label == '7' and len(ev.boxes) == 1, ev.to_dict()
             b = ev.boxes[0]
@@ -168,18 +170,15 @@ def test_review_in_chromium(digits_store):
     proc, port = _serve(_notebook(tmp/'review.ipynb', store, 'rita', review=True))
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            page.goto(f'http://127.0.0.1:{port}/', wait_until='domcontentloaded')
-            page.wait_for_selector('.nb-review-votes table', timeout=90_000)
+            browser, page = _open(p, port, '.nb-review-votes table')
             assert page.inner_text('.nb-progress').strip().endswith('/ 2')
             votes = page.inner_text('.nb-review-votes')
             assert 'ann' in votes and 'ben' in votes and 'cid' in votes
             shown = page.inner_text('.nb-item-name').strip()
             decision = {n1: '1', n2: '2'}[shown]  # a label two of the annotators gave
             page.hover('.nb-label-app'); page.keyboard.press(decision)
-            rev = EventStore(store); rev._who = 'rita'
-            _wait_count(rev, 1)
+            rev = EventStore(store)
+            _wait_count(rev, 'rita', 1)
             ev = rev.events('rita').iloc[0]
             assert ev['kind'] == 'review' and ev['label'] == decision and ev['item'] == {n1: h1, n2: h2}[shown]
             parent = events.events().set_index('id').loc[ev['parent']]
