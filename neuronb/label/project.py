@@ -32,11 +32,15 @@ def project_events(store) -> 'pd.DataFrame': # project storage: a `Store` or a U
     "Every label event of a project, imported and from the labeling app, oldest first."
     return ProjectEvents(store).events()
 
-# %% ../../nbs/25_label.project.ipynb #5cc1dd8c
+# %% ../../nbs/25_label.project.ipynb #e0fe9f36
 def _source_tag(path, fmt) -> str:
     p = Path(path)
     data = p.read_bytes() if p.is_file() else b''.join(f.read_bytes() for f in sorted(p.rglob('*')) if f.is_file())
     return f"{fmt}:{hashlib.sha256(data).hexdigest()[:12]}"
+
+def _dataset(project, dataset=None) -> str:
+    "`dataset`, else the one the project's `labeling:` block names, else 'raw'."
+    return dataset or (project.labeling or {}).get('dataset') or 'raw'
 
 def import_labels(project,        # a `Project`
                   path,           # the export: a file or (YOLO, VOC) a folder
@@ -49,7 +53,7 @@ def import_labels(project,        # a `Project`
     from neuronb.data.versions import version_files
     if not Path(path).exists(): raise DataError(f"{path} does not exist; pass the path of the exported labels")
     fmt = fmt or detect_format(path)
-    dataset = dataset or (project.labeling or {}).get('dataset') or 'raw'
+    dataset = _dataset(project, dataset)
     store, table = project.store(), read_labels(path, fmt, **options)
     files, source = version_files(store, 'latest', dataset), _source_tag(path, fmt)
     imports = EventStore(store, IMPORTS)
@@ -63,7 +67,7 @@ def import_labels(project,        # a `Project`
     n = imports.add_many(events_frame_from_table(table[matched], files, source=source))
     return {'imported': n, 'set_aside': int((~matched).sum()), 'format': fmt, 'source': source, 'skipped': False}
 
-# %% ../../nbs/25_label.project.ipynb #08c7db80
+# %% ../../nbs/25_label.project.ipynb #3c797f1e
 def _image_size(data:bytes) -> tuple:
     import io
     from PIL import Image
@@ -75,7 +79,7 @@ def current_table(project, method='dawid-skene', dataset=None) -> 'pd.DataFrame'
     from neuronb.data.versions import version_files
     from neuronb.label.events import read_item
     store = project.store()
-    dataset = dataset or (project.labeling or {}).get('dataset') or 'raw'
+    dataset = _dataset(project, dataset)
     names = {h: n for n, h in version_files(store, 'latest', dataset).items()}
     agg = aggregate(project_events(store), method)
     agg = agg[agg.item.isin(names)]
@@ -95,12 +99,12 @@ def export_labels(project,       # a `Project`
     write_labels(table, path, fmt)
     return len(table)
 
-# %% ../../nbs/25_label.project.ipynb #34e80ef4
+# %% ../../nbs/25_label.project.ipynb #0e962ca1
 def labeling_report(project, dataset=None) -> dict:
     "Counts, agreement and per-annotator accuracy of the project's label events."
     from neuronb.data.versions import version_files
     store = project.store()
-    dataset = dataset or (project.labeling or {}).get('dataset') or 'raw'
+    dataset = _dataset(project, dataset)
     items = set(version_files(store, 'latest', dataset).values())
     ev = project_events(store)
     ag = item_agreement(ev) if len(ev) else None
