@@ -203,14 +203,12 @@ def get_object(self:Store, digest:str, ext:str='') -> bytes:
 
 # %% ../../nbs/10_data.storage.ipynb #3ad98af2
 def check_image(data:bytes):
-    "Decode `data` fully with PIL; `None` when it is a readable image, else the reason it is not."
-    from PIL import Image, ImageFile, UnidentifiedImageError
+    "Decode `data` fully, as every reader will (`decode_image`); `None` when it is a readable image, else the reason it is not."
+    from PIL import ImageFile
+    from neuronb.data.images import decode_image, ImageError
     if ImageFile.LOAD_TRUNCATED_IMAGES: return _check_strict(data)
-    try:
-        with Image.open(io.BytesIO(data)) as img: img.verify()  # checks structure and checksums
-        with Image.open(io.BytesIO(data)) as img: img.load()    # verify() leaves truncated pixel data unread
-    except UnidentifiedImageError: return "not an image file PIL can read"
-    except Exception as e: return f"truncated or corrupt image ({type(e).__name__}: {e})"
+    try: decode_image(data)
+    except ImageError as e: return e.reason
     return None
 
 def _check_strict(data):
