@@ -20,7 +20,7 @@ ITEMS, ANSWERS, WORKERS, RUNS = 20_000, 5, 200, 3
 
 def make_project(root):
     "A project whose `digits` dataset has ITEMS tiny distinct files."
-    from neuronb.pipeline.project import init_project
+    from neuronb.pipeline.init import init_project
     from neuronb.data.versions import add_files, commit
     project = init_project(root/'proj')
     raw = root/'raw'; raw.mkdir()

@@ -23,7 +23,7 @@ SERVE = "import sys; from neuronb.label.serve import serve_labeling; sys.exit(se
 
 
 def make_project(root):
-    from neuronb.pipeline.project import init_project
+    from neuronb.pipeline.init import init_project
     from neuronb.data.digits import render_digits
     from neuronb.data.versions import add_files, commit
     p = init_project(root)

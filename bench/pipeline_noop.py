@@ -9,7 +9,7 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'WANDB_MODE': 'disabled'}
-TINY = ['-p', 'ingest.n_images=300', '-p', 'train.epochs=1']
+TINY = ['-p', 'ingest.limit=300', '-p', 'train.epochs=1']
 
 
 def timed(cmd, cwd=None):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'WANDB_MODE': 'disabled', 'MPLBACKEND': 'Agg'}
-PARAMS = {'ingest': {'n_images': 600}, 'train': {'epochs': 3, 'bs': 32, 'lr': 0.01}}
+PARAMS = {'ingest': {'limit': 600}, 'train': {'epochs': 3, 'bs': 32, 'lr': 0.01}}
 
 PLAIN = textwrap.dedent('''
     import json, os, sys, time

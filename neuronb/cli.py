@@ -14,6 +14,8 @@ __all__ = ['cmd_label', 'cmd_train', 'cmd_init', 'cmd_run', 'cmd_demo', 'cmd_sta
 
 # %% ../nbs/90_cli.ipynb #4020ef14
 _EPILOG = """examples:
+  neuronb init pets --data photos/            a project over your images (class folders: their names are the labels)
+  neuronb init pets --data s3://bucket/pets/ --labels export.json   labels from a Label Studio/CVAT/COCO/... export
   neuronb init digits-demo --example digits   create a project from the built-in example
   neuronb run digits-demo                     run every stage; executed notebooks land in runs/
   neuronb run digits-demo -p train.epochs=3   override one parameter: only train and what follows rerun
@@ -31,10 +33,17 @@ def _parser() -> argparse.ArgumentParser:
                                             'notebook; neuronb runs them as a pipeline and serves the demo.')
     p.add_argument('--version', action='version', version=f'neuronb {_version()}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
-    s = sub.add_parser('init', help='create a project folder from a built-in example',
-                       description='Create a project (pipeline.yaml, stage notebooks, example inputs) in DIR.')
+    s = sub.add_parser('init', help='create a project over your images (--data) or from a built-in example',
+                       description='Create a project (pipeline.yaml, stage notebooks) in DIR over the images in SOURCE, '
+                                   'or from a built-in example. The source is only read: never changed or deleted.')
     s.add_argument('dir', metavar='DIR', help='folder to create; must be new or empty')
-    s.add_argument('--example', default='digits', help='built-in example to start from (default: digits)')
+    s.add_argument('--data', metavar='SOURCE', help='your images: a folder, a glob or an fsspec URL (s3://bucket/prefix/)')
+    s.add_argument('--labels', metavar='LABELS', help="where labels come from: 'folders' (each image's folder is its class; "
+                   "the default when SOURCE has class folders), a CSV/TSV of file,label, a labeling-tool export (Label Studio, "
+                   "CVAT, COCO, YOLO, VOC, Toloka, MTurk), or 'none' (label in the app first)")
+    s.add_argument('--task', default='classify', choices=['classify', 'multilabel'], help='one class per image (default)')
+    s.add_argument('--classes', metavar='A,B,...', help='the class names (needed with --labels none)')
+    s.add_argument('--example', default=None, help='a built-in example instead of --data (digits; the default without --data)')
     s = sub.add_parser('run', help='run the pipeline: every stage that is not up to date, in order',
                        description='Run the project\'s stages in dependency order, each in a Jupyter kernel. A stage whose '
                                    'code cells, parameters and inputs are unchanged since it last succeeded is reused. '
@@ -233,9 +242,14 @@ def cmd_train(args):
 
 # %% ../nbs/90_cli.ipynb #f7306136
 def cmd_init(args):
-    from neuronb.pipeline.project import init_project
-    project = init_project(args.dir, example=args.example)
+    from neuronb.pipeline.init import init_project
+    classes = [c.strip() for c in args.classes.split(',')] if args.classes else None
+    project = init_project(args.dir, data=args.data, labels=args.labels, task=args.task, classes=classes, example=args.example)
     print(f"Created project {project.name!r} in {project.root} with stages: {', '.join(s.name for s in project.stages)}")
+    labels = project.stage('label').parameters.get('labels') if args.data else None
+    if labels == 'none':
+        print(f"Nothing is labelled yet: ingest first (neuronb run {args.dir} --only ingest), then label the images "
+              f"(neuronb label --dir {args.dir} serve --annotators NAME); training waits until enough are labelled")
     print(f"Next: neuronb run {args.dir}")
     return 0
 

@@ -13,8 +13,8 @@ __all__ = ['test_samples', 'DemoApp', 'demo_app', 'voila_command', 'demo_link', 
 
 # %% ../nbs/70_demo.ipynb #857ea070
 def test_samples(store, n=20, dataset='digits') -> list:
-    "Up to `n` `(png_bytes, label)` pairs from the test split, cycling through the classes."
-    from neuronb.data.prepare import read_index
+    "Up to `n` `(image_bytes, label)` pairs from the test split, cycling through the classes."
+    from neuronb.data.prepare import read_index, object_ext
     df, _ = read_index(store, dataset)
     test = df[df.split == 'test'].sort_values('hash')
     per_class = [g for _, g in test.groupby('label')]
@@ -22,7 +22,7 @@ def test_samples(store, n=20, dataset='digits') -> list:
     for i in range(max((len(g) for g in per_class), default=0)):
         picks += [g.iloc[i] for g in per_class if i < len(g)]
         if len(picks) >= n: break
-    return [(store.get_object(r.hash, '.png'), int(r.label)) for r in picks[:n]]
+    return [(store.get_object(r.hash, object_ext(r['name'] if 'name' in r.index else None)), str(r.label)) for r in picks[:n]]
 
 # %% ../nbs/70_demo.ipynb #8eb9d783
 def _bars(probs, classes) -> str:
@@ -50,7 +50,7 @@ class DemoApp:
         acc = self.cfg.get('test_accuracy')
         self.header = w.HTML(f"<b>Model</b> {model_version(self.cfg)} · <b>test accuracy</b> "
                              f"{'n/a' if acc is None else f'{acc*100:.1f}%'} · <b>data</b> {self.cfg.get('data_version', 'n/a')}")
-        self.upload = w.FileUpload(accept='image/*', multiple=False, description='Upload a digit')
+        self.upload = w.FileUpload(accept='image/*', multiple=False, description='Upload an image')
         self.picker = w.Dropdown(options=[('pick a test image…', -1)] + [(f'test image {i+1} (labelled {l})', i) for i, (_, l) in enumerate(self.samples)])
         self.image = w.Image(format='png', width=140, height=140)
         self.result = w.HTML('<i>Upload an image or pick a test image.</i>')
@@ -64,17 +64,19 @@ class DemoApp:
 
 # %% ../nbs/70_demo.ipynb #4528cb68
 def _open_image(data: bytes):
-    from PIL import Image, UnidentifiedImageError
-    try:
-        img = Image.open(io.BytesIO(data)); img.load()
-        return img
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError("that file is not an image this demo can read; upload a PNG or JPEG of one digit") from None
+    "The uploaded bytes decoded as every reader decodes them; one readable message when they are not an image."
+    from neuronb.data.images import decode_image
+    try: return decode_image(data, name='that file')
+    except DataError as e: raise DataError(f"{e}. Upload a PNG or JPEG picture") from None
+
+def _as_png(img) -> bytes:
+    "A decoded picture as PNG bytes, which every browser shows (an upload may be TIFF, BMP, …)."
+    buf = io.BytesIO(); img.save(buf, 'PNG'); return buf.getvalue()
 
 def _predict(self, data: bytes):
     "`(label, probability, probabilities)` for image bytes."
     from neuronb.train.model import predict_proba
-    probs = predict_proba(self.model, self.cfg, [_open_image(data)])[0]
+    probs = predict_proba(self.model, self.cfg, [_open_image(data)])[0]   # decoded once, preprocessed as in training
     best = int(probs.argmax())
     return self.classes[best], float(probs[best]), [float(p) for p in probs]
 DemoApp.predict = _predict
@@ -84,7 +86,7 @@ def _show(self, data: bytes):
     except DataError as e:
         self.result.value, self.probs.value = f'<span class="nb-error" style="color:#b00">{html.escape(str(e))}</span>', ''
         return
-    self.image.value = data
+    self.image.value = _as_png(_open_image(data))
     self.result.value, self.probs.value = _verdict(label, p), _bars(probs, self.classes)
 DemoApp.show = _show
 

@@ -5,7 +5,7 @@ import pytest
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'WANDB_MODE': 'disabled'}
-TINY = ['-p', 'ingest.n_images=600', '-p', 'train.epochs=5', '-p', 'train.bs=32', '-p', 'train.lr=0.01']
+TINY = ['-p', 'ingest.limit=600', '-p', 'train.epochs=5', '-p', 'train.bs=32', '-p', 'train.lr=0.01']
 STAGES = ['ingest', 'label', 'prepare', 'analyze', 'train', 'demo']
 
 

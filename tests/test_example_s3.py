@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
-TINY = ['-p', 'ingest.n_images=300', '-p', 'train.epochs=2', '-p', 'demo.n_samples=5']
+TINY = ['-p', 'ingest.limit=300', '-p', 'train.epochs=2', '-p', 'demo.n_samples=5']
 
 
 @pytest.fixture(scope='module')

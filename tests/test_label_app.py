@@ -191,7 +191,7 @@ def test_review_in_chromium(digits_store):
 
 def test_review_notebook_of_the_example_lists_the_crowd_disputes(tmp_path):
     "The example's labeling/review.ipynb runs in a kernel over imported crowd answers with one dispute."
-    from neuronb.pipeline.project import init_project
+    from neuronb.pipeline.init import init_project
     from neuronb.pipeline.runner import run_notebook
     from neuronb.data.digits import render_digits
     from neuronb.data.versions import add_files, commit

@@ -22,7 +22,7 @@ def _free_port():
 @pytest.fixture(scope='module')
 def project(tmp_path_factory):
     "The digits example with 12 rendered digits committed as dataset `digits` (the ingest stage's work, done directly)."
-    from neuronb.pipeline.project import init_project
+    from neuronb.pipeline.init import init_project
     from neuronb.data.digits import render_digits
     from neuronb.data.versions import add_files, commit
     root = tmp_path_factory.mktemp('label')/'digits'

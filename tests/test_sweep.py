@@ -241,7 +241,7 @@ def test_local_trials_are_offline_wandb_runs(tmp_path, monkeypatch):
 
 @pytest.fixture
 def project(tmp_path):
-    from neuronb.pipeline.project import init_project
+    from neuronb.pipeline.init import init_project
     return init_project(tmp_path/'p')
 
 def test_apply_best_keeps_comments_and_other_stages(project):

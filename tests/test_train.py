@@ -112,7 +112,7 @@ def test_example_train_stage_with_two_processes_and_the_lr_finder(tmp_path):
     env = {**os.environ, 'WANDB_MODE': 'disabled'}
     run = lambda *a: subprocess.run([str(bin_), *map(str, a)], capture_output=True, text=True, env=env, timeout=900)
     assert run('init', tmp_path/'p').returncode == 0
-    out = run('run', tmp_path/'p', '-p', 'ingest.n_images=600', '-p', 'train.epochs=4', '-p', 'train.bs=32',
+    out = run('run', tmp_path/'p', '-p', 'ingest.limit=600', '-p', 'train.epochs=4', '-p', 'train.bs=32',
               '-p', 'train.nproc=2', '-p', 'train.find_lr=true', *[a for s in ('ingest', 'label', 'prepare', 'train') for a in ('--only', s)])
     assert out.returncode == 0, out.stdout + out.stderr
     (record,) = (tmp_path/'p/runs').glob('*/run.json')

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..core import ParameterError
 
 # %% auto #0
-__all__ = ['digit_labels', 'digit_pixels', 'digit_png', 'render_digits']
+__all__ = ['GLITCH_FILE', 'digit_labels', 'digit_pixels', 'digit_png', 'render_digits', 'render_example_source']
 
 # %% ../../nbs/19_data.digits.ipynb #0614995d
 def digit_labels(n:int=0): # how many digits (0: all 1,797)
@@ -55,4 +55,15 @@ def render_digits(folder,   # where the PNGs go (created if missing)
     truth, images = digit_labels(n), load_digits().images
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(truth.file): _write_whole(folder/name, digit_png(images[i], size))
+    return truth
+
+# %% ../../nbs/19_data.digits.ipynb #39773ce4
+GLITCH_FILE = 'img_transfer_glitch.png'
+
+def render_example_source(folder, # the example project's source folder
+                          size:int=32): # the side of each image, in pixels
+    "All 1,797 digits as PNGs in `folder`, plus one truncated file; returns their true labels."
+    truth = render_digits(folder, size=size)
+    good = (Path(folder)/truth.file.iloc[0]).read_bytes()
+    _write_whole(Path(folder)/GLITCH_FILE, good[:len(good)//2])
     return truth

@@ -10,7 +10,8 @@ from ..core import DataError, ParameterError, StorageError
 from .storage import open_store, sha256_bytes, table_bytes
 
 # %% auto #0
-__all__ = ['FIRST_COLUMNS', 'split_dataset', 'write_index', 'read_index', 'load_images']
+__all__ = ['FIRST_COLUMNS', 'split_dataset', 'labels_needed', 'require_ready', 'write_index', 'read_index', 'object_ext',
+           'item_exts', 'read_image', 'load_images']
 
 # %% ../../nbs/11_data.prepare.ipynb #343cac10
 def _check_fractions(valid, test):
@@ -52,6 +53,29 @@ def split_dataset(df,                # one row per item
         split[idx] = _class_split(len(idx), valid, test, u[idx])
     return df.assign(split=split)
 
+# %% ../../nbs/11_data.prepare.ipynb #bd89aa75
+def labels_needed(labels,               # the aggregated labels: a `label` column
+                  classes=None,         # the classes labeling offers (they count even with no label yet)
+                  min_per_class:int=5,  # labels each class needs before training
+                  valid=0.15, test=0.15) -> str:
+    "'' when `labels` can be split and trained on; else a sentence saying how many labels are still missing."
+    need = max(int(min_per_class), 1 + bool(valid) + bool(test))
+    counts = labels['label'].astype(str).value_counts() if len(labels) else {}
+    names = sorted(set(map(str, classes or [])) | set(counts.keys()))
+    have = {c: int(counts.get(c, 0)) for c in names}
+    short = {c: need - n for c, n in have.items() if n < need}
+    if len([c for c, n in have.items() if n >= need]) >= 2 and not short: return ''
+    if len(names) < 2: short.update({f'another class': need} if names else {'two classes': 2 * need})
+    more = sum(short.values())
+    detail = ', '.join(f"{v} for {c}" for c, v in sorted(short.items(), key=lambda kv: -kv[1])[:8])
+    return (f"{len(labels)} images are labelled; training needs at least {need} labels in each of at least two classes: "
+            f"{more} more ({detail}). Label them with `neuronb label serve --annotators NAME`, then run the pipeline again")
+
+# %% ../../nbs/11_data.prepare.ipynb #1d0ca271
+def require_ready(meta:dict):
+    "Raise the dataset's `needs` message when it has too few labels to train on (see `labels_needed`)."
+    if not meta.get('ready', True): raise DataError(meta['needs'])
+
 # %% ../../nbs/11_data.prepare.ipynb #fb6722af
 FIRST_COLUMNS = ['hash', 'label', 'split']
 
@@ -60,8 +84,9 @@ def _jsonable(x):
     return x.item() if hasattr(x, 'item') else x
 
 def write_index(store,          # a `Store` or a URL for `open_store`
-                df,             # columns hash, label, split (and any others)
-                name='digits'): # the dataset's name: written under datasets/<name>/
+                df,             # columns hash, label, split (and any others, e.g. name)
+                name='digits',  # the dataset's name: written under datasets/<name>/
+                needs:str=''):  # why it cannot be trained on yet (see `labels_needed`); '' when it can
     "Publish `df` as the dataset `name`: index.csv and meta.json, atomically; returns the meta."
     store = open_store(store)
     missing = [c for c in FIRST_COLUMNS if c not in df]
@@ -72,7 +97,7 @@ def write_index(store,          # a `Store` or a URL for `open_store`
     digest = store.put_object(data, '.csv')
     store.write_bytes(f'datasets/{name}/index.csv', data)
     meta = dict(name=name, version=digest[:12], index_sha256=digest, n=len(df),
-                classes=sorted((_jsonable(c) for c in df.label.unique()), key=str),
+                classes=sorted(str(c) for c in df.label.unique()), ready=not needs, needs=needs,
                 counts={s: int((df.split == s).sum()) for s in ('train', 'valid', 'test')},
                 class_counts={str(k): int(v) for k, v in df.label.value_counts().sort_index().items()})
     store.write_json(f'datasets/{name}/meta.json', meta)
@@ -93,7 +118,7 @@ def read_index(store,          # a `Store` or a URL for `open_store`
     if version is None and sha256_bytes(data) != meta['index_sha256']:
         raise StorageError(f"datasets/{name}/index.csv does not match its meta.json (a write was interrupted or the "
                            f"file was edited); run the format stage again")
-    df = pd.read_csv(io.BytesIO(data), dtype={'hash': str, 'split': str})
+    df = pd.read_csv(io.BytesIO(data), dtype={'hash': str, 'split': str, 'label': str, 'name': str}, keep_default_na=False)
     return df, (meta if version is None else dict(meta, version=version, index_sha256=sha256_bytes(data)))
 
 def _old_index(store, meta, version):
@@ -105,21 +130,37 @@ def _old_index(store, meta, version):
     return store.get_object(match[0][:-4], '.csv')
 
 # %% ../../nbs/11_data.prepare.ipynb #9fda9bad
-def _decode_gray(data, digest):
-    from PIL import Image
-    try:
-        with Image.open(io.BytesIO(data)) as img: return np.asarray(img.convert('L'))
-    except Exception as e: raise DataError(f"object {digest[:12]}… is not a readable image ({e}); ingest the raw files again") from None
+def object_ext(name, default='.png') -> str:
+    "The extension an item's object is stored under: its file name's (as ingested), lower-cased."
+    import posixpath
+    ext = posixpath.splitext(str(name))[1].lower() if isinstance(name, str) else ''
+    return ext or default
+
+def item_exts(df, default='.png') -> list:
+    "The object extension of every row of an index: from its `name` column, else `default`."
+    return [object_ext(n, default) for n in df['name']] if 'name' in df else [default] * len(df)
+
+def read_image(store, digest:str, ext:str='.png', mode=None):
+    "The stored image `digest` decoded as every reader decodes it (`neuronb.data.images.decode_image`)."
+    from neuronb.data.images import decode_image
+    try: return decode_image(store.get_object(digest, ext), mode=mode, name=f"object {digest[:12]}…{ext}")
+    except DataError as e: raise DataError(f"{e} (ingest the raw files again)") from None
 
 def load_images(store,       # a `Store` or a URL for `open_store`
-                df,          # has a `hash` column naming the objects
-                ext='.png',  # the objects' extension, as ingested
+                df,          # has a `hash` column naming the objects (and `name`, whose extension they are stored under)
+                size=None,   # resize every image to size×size (`fit_image`); None: they must all have one size already
+                mode=None,   # 'L' or 'RGB'; None: gray when every image is gray, else RGB
+                ext='.png',  # the objects' extension when `df` has no `name` column
                 threads=8):  # parallel reads (object stores have latency to hide)
-    "The images named by `df.hash` as one N×H×W uint8 array (grayscale)."
+    "The images named by `df.hash` as one uint8 array: N×H×W when gray, N×H×W×3 when colour."
     from concurrent.futures import ThreadPoolExecutor
+    from neuronb.data.images import fit_image
     store = open_store(store)
-    def load(h): return _decode_gray(store.get_object(h, ext), h)
-    with ThreadPoolExecutor(threads) as pool: images = list(pool.map(load, df['hash']))
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1: raise DataError(f"images have different sizes {sorted(shapes)}; resize them to one size before training")
-    return np.stack(images) if images else np.zeros((0, 0, 0), np.uint8)
+    def load(item):
+        img = read_image(store, item[0], item[1], mode)
+        return fit_image(img, size) if size else img
+    with ThreadPoolExecutor(threads) as pool: images = list(pool.map(load, zip(df['hash'], item_exts(df, ext))))
+    if any(im.mode == 'RGB' for im in images): images = [im.convert('RGB') for im in images]
+    shapes = {im.size for im in images}
+    if len(shapes) > 1: raise DataError(f"images have different sizes {sorted(shapes)[:5]}; pass size= to resize them to one size")
+    return np.stack([np.asarray(im) for im in images]) if images else np.zeros((0, 0, 0), np.uint8)

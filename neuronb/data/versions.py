@@ -15,8 +15,8 @@ from ..core import StorageError, DataError, atomic_write
 
 # %% auto #0
 __all__ = ['VERSIONS', 'IMAGE_SUFFIXES', 'SourceFile', 'create_new', 'default_cache_path', 'StatCache', 'list_source',
-           'AddReport', 'hash_files', 'add_files', 'remove_files', 'commit', 'datasets', 'log', 'resolve',
-           'version_files', 'diff', 'status', 'checkout', 'push', 'pull', 'verify', 'gc']
+           'AddReport', 'hash_files', 'add_files', 'remove_files', 'commit', 'ingest_source', 'datasets', 'log',
+           'resolve', 'version_files', 'diff', 'status', 'checkout', 'push', 'pull', 'verify', 'gc']
 
 # %% ../../nbs/12_data.versions.ipynb #1ca7bcdf
 VERSIONS = 'versions'
@@ -334,8 +334,10 @@ def _classify(results, files, replace, into):
     return changes, sizes, rep
 
 # %% ../../nbs/12_data.versions.ipynb #bef9c948
+def _is_files(source) -> bool: return isinstance(source, list) and bool(source) and all(isinstance(f, SourceFile) for f in source)
+
 def add_files(store,              # a `Store` or a URL for `open_store`
-              source,             # a folder, a glob, an http(s) URL, an fsspec URL, or a list of them
+              source,             # a folder, a glob, an http(s) URL, an fsspec URL, or a list of them (or of `SourceFile`s)
               dataset='raw',      # the dataset to add to
               pattern='*',        # keep source names matching this (`*.png`: PNGs at any depth)
               into='',            # a folder inside the dataset to put the files in
@@ -349,7 +351,7 @@ def add_files(store,              # a `Store` or a URL for `open_store`
     "Add the files of `source` to the staging area of `dataset`: hashed, checked, de-duplicated, stored."
     t0, store, ds = time.perf_counter(), open_store(store), _check_dataset(dataset)
     into = f"{into.strip('/')}/" if into and into.strip('/') else ''
-    srcs = list_source(source, pattern, **storage_options)
+    srcs = source if _is_files(source) else list_source(source, pattern, **storage_options)
     if not srcs: raise DataError(f"no files matching {pattern!r} in {source!r}; check the source and the pattern")
     files = _working(store, ds)[0]
     cache = StatCache(None if cache is False else (cache or default_cache_path()))
@@ -360,7 +362,7 @@ def add_files(store,              # a `Store` or a URL for `open_store`
     changes, sizes, rep = _classify(results, files, replace, into)
     if replace: rep.removed = sorted(set(files) - {f"{into}{r[0]}" for r in results if not r[3]})
     if changes or rep.removed:
-        delta = {'set': changes, 'sizes': sizes, 'remove': rep.removed, 'time': _now(), 'source': str(source)}
+        delta = {'set': changes, 'sizes': sizes, 'remove': rep.removed, 'time': _now(), 'source': f"{len(srcs)} files" if _is_files(source) else str(source)}
         store.write_json(f"{_staged(ds)}/{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json", delta)
     cache.save()
     rep.dataset, rep.files, rep.new_objects = ds, len(srcs), sum(r[4] for r in results)
@@ -419,6 +421,27 @@ def commit(store,          # a `Store` or a URL for `open_store`
             return dict(entry, created=True)
         time.sleep(random.uniform(0, 0.01 * min(attempt + 1, 10)))  # someone else took seq+1: rebase on it
     raise StorageError(f"could not commit dataset {ds!r} after {retries} tries: other processes kept committing; try again")
+
+# %% ../../nbs/12_data.versions.ipynb #3b9e555d
+def ingest_source(store,          # a `Store` or a URL for `open_store`
+                  source,         # a folder, a glob or an fsspec URL: read only, never changed
+                  dataset='images', # the dataset that becomes exactly the source's images
+                  pattern='*',    # which files of the source to take
+                  limit:int=0,    # take only the first `limit` files by name (a quick trial); 0: all
+                  message=None,   # the version's message (default: where the files came from)
+                  cache=None,     # the stat cache file (see `add_files`)
+                  progress=True,
+                  **storage_options) -> tuple:
+    "Commit the images of `source` as the next version of `dataset`: `(AddReport, version record)`; unchanged data commits nothing."
+    if not isinstance(limit, int) or limit < 0: raise DataError(f"limit must be a whole number ≥ 0 (0: every file), got {limit!r}")
+    files = list_source(source, pattern, **storage_options)
+    if not files: raise DataError(f"no files matching {pattern!r} in {source}; check the source and the pattern")
+    files = files[:limit] if limit else files
+    rep = add_files(store, files, dataset, replace=True, images_only=True, cache=cache, progress=progress)
+    if len(rep.rejected) == rep.files:
+        raise DataError(f"none of the {rep.files} files of {source} is a readable image (e.g. {rep.rejected[0][0]}: "
+                        f"{rep.rejected[0][1]}); point the ingest stage's `source` at a folder of images")
+    return rep, commit(store, dataset, message or f"{rep.files} files from {source}")
 
 # %% ../../nbs/12_data.versions.ipynb #33c4582b
 def datasets(store) -> list:

@@ -45,18 +45,17 @@ _FORMATS = {'.png': 'png', '.jpg': 'jpeg', '.jpeg': 'jpeg', '.gif': 'gif', '.web
 def _suffix(name) -> str: return PurePosixPath(str(name)).suffix.lower()
 
 def load_item(store, name, digest) -> tuple:
-    "`(bytes, format, (width, height))` of item `digest`, ready for the browser."
-    from PIL import Image
+    "`(bytes, format, (width, height))` of item `digest`, decoded as every reader decodes it, ready for the browser."
+    from neuronb.data.images import decode_image, image_info
     data = store.get_object(digest, _suffix(name))
     try:
-        img = Image.open(io.BytesIO(data))
-        size, fmt = img.size, _FORMATS.get(_suffix(name))
-        if fmt is None:  # a format browsers cannot show
-            buf = io.BytesIO(); img.convert('RGBA' if 'A' in img.getbands() else 'RGB').save(buf, 'PNG')
-            data, fmt = buf.getvalue(), 'png'
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        info, img = image_info(data), decode_image(data)
+    except DataError as e:
         raise DataError(f"item {name!r} ({digest[:12]}…) is not an image the app can show ({e}); skip it") from None
-    return data, fmt, size
+    if info['format'] == 'JPEG' and info['mode'] in ('L', 'RGB') and not info['note']:
+        return data, 'jpeg', img.size   # shown as stored: the same pixels, and no bigger re-encoding
+    buf = io.BytesIO(); img.save(buf, 'PNG')   # anything else as the decoder sees it: upright, transparency composited
+    return buf.getvalue(), 'png', img.size
 
 # %% ../../nbs/23_label.app.ipynb #4d5ca883
 class _ImageCache:
@@ -423,13 +422,13 @@ def _model_folder(store, model_dir) -> Path:
 
 def uncertainty_scores(store, items, model_dir=None, bs=256) -> list:
     "The model's top-class probability for each item, in the order of `items`."
-    from PIL import Image
+    from neuronb.data.images import decode_image
     from neuronb.train.model import load_model, predict_proba
     store, items = open_store(store), _as_items(items)
     model, cfg = load_model(_model_folder(store, model_dir))
     probs = []
     for i in range(0, len(items), bs):  # a chunk at a time: a big dataset never sits decoded in memory at once
-        imgs = [Image.open(io.BytesIO(store.get_object(h, _suffix(n)))) for n, h in items[i:i + bs]]
+        imgs = [decode_image(store.get_object(h, _suffix(n)), name=n) for n, h in items[i:i + bs]]
         probs += predict_proba(model, cfg, imgs, bs=bs).max(1).tolist()
     return probs
 

@@ -12,10 +12,10 @@ from ..core import DataError, atomic_write
 
 # %% auto #0
 __all__ = ['COLUMNS', 'BOX_KEYS', 'IMAGE_SUFFIXES', 'TOLOKA_DROPPED', 'TOLOKA_TIMES', 'MTURK_BOXES', 'MTURK_SIZE', 'CVAT_SHAPES',
-           'YOLO_CLASS_FILES', 'FORMATS', 'image_sizes', 'read_toloka', 'write_toloka', 'read_mturk', 'write_mturk',
-           'read_labelstudio', 'write_labelstudio', 'read_cvat', 'write_cvat', 'read_coco', 'write_coco', 'read_yolo',
-           'write_yolo', 'read_voc', 'write_voc', 'read_crowd', 'write_crowd', 'LabelFormat', 'register_format',
-           'detect_format', 'read_labels', 'write_labels']
+           'YOLO_CLASS_FILES', 'FILE_COLUMNS', 'LABEL_COLUMNS', 'FORMATS', 'image_sizes', 'read_toloka', 'write_toloka',
+           'read_mturk', 'write_mturk', 'read_labelstudio', 'write_labelstudio', 'read_cvat', 'write_cvat', 'read_coco',
+           'write_coco', 'read_yolo', 'write_yolo', 'read_voc', 'write_voc', 'read_crowd', 'write_crowd', 'read_table',
+           'write_table', 'LabelFormat', 'register_format', 'detect_format', 'read_labels', 'write_labels']
 
 # %% ../../nbs/22_label.formats.ipynb #12377be2
 COLUMNS = ['name', 'annotator', 'label', 'boxes', 'width', 'height', 'seconds']
@@ -743,6 +743,38 @@ def write_crowd(df, path):
     out = pd.DataFrame({'task': [r['name'] for r in recs], 'worker': [r['annotator'] for r in recs], 'label': [r['label'] for r in recs]})
     return atomic_write(path, out.to_csv(index=False, lineterminator='\n'))
 
+# %% ../../nbs/22_label.formats.ipynb #87ee057a
+FILE_COLUMNS, LABEL_COLUMNS = ('file', 'filename', 'image', 'name', 'path'), ('label', 'class', 'category')
+
+def _sep(path) -> str:
+    "',' or a tab, whichever the header line of the table at `path` uses."
+    with open(path, 'rb') as f: head = f.readline().decode('utf-8', errors='replace')
+    return '\t' if head.count('\t') > head.count(',') else ','
+
+def _first_column(df, names, path, what):
+    lower = {c.lower().strip(): c for c in df.columns}
+    col = next((lower[n] for n in names if n in lower), None)
+    if col is None: raise DataError(f"{_show(path)} has no {what} column (found: {', '.join(map(str, df.columns))}); "
+                                    f"name it one of {', '.join(names)}")
+    return col
+
+def read_table(path): # a CSV/TSV of file,label
+    "The neutral annotations table of a plain `file,label` table."
+    df = _read_table(path, _sep(path), 'labels')
+    fcol, lcol = _first_column(df, FILE_COLUMNS, path, 'file'), _first_column(df, LABEL_COLUMNS, path, 'label')
+    df = df[_kept_rows(df, [fcol, lcol])]
+    _fail_rows(df[fcol] == '', path, 'no file name', 'fill in the file or remove the row')
+    _fail_rows(df[lcol] == '', path, lambda i: f"no label for {df[fcol][i]!r}", 'fill in the label or remove the row')
+    return _frame({'name': _objects(df[fcol].to_numpy(dtype=object)), 'annotator': _objects(['labels-file'] * len(df)),
+                   'label': _labels(_text(df[lcol]), path, lcol)})
+
+def write_table(df, path):
+    "Write `df` as a plain `file,label` CSV (one row per image)."
+    import pandas as pd
+    recs = _crowd_rows(df, 'table')
+    out = pd.DataFrame({'file': [r['name'] for r in recs], 'label': [_label_text(r['label']) for r in recs]})
+    return atomic_write(path, out.to_csv(index=False, lineterminator='\n'))
+
 # %% ../../nbs/22_label.formats.ipynb #99664e79
 @dataclass(frozen=True)
 class LabelFormat:
@@ -760,7 +792,7 @@ def register_format(name, read, write, folder=False):
 
 for _args in [('toloka', read_toloka, write_toloka), ('mturk', read_mturk, write_mturk), ('crowd', read_crowd, write_crowd),
               ('labelstudio', read_labelstudio, write_labelstudio), ('cvat', read_cvat, write_cvat), ('coco', read_coco, write_coco),
-              ('yolo', read_yolo, write_yolo, True), ('voc', read_voc, write_voc, True)]: register_format(*_args)
+              ('yolo', read_yolo, write_yolo, True), ('voc', read_voc, write_voc, True), ('table', read_table, write_table)]: register_format(*_args)
 
 # %% ../../nbs/22_label.formats.ipynb #5d39eca7
 def _head(path, n=4096) -> str:
@@ -773,6 +805,8 @@ def _table_format(path):
     if any(c.startswith(('INPUT:', 'OUTPUT:', 'ASSIGNMENT:')) for c in cols): return 'toloka'
     if 'WorkerId' in cols or any(c.startswith('Answer.') for c in cols): return 'mturk'
     if {'task', 'worker', 'label'} <= set(cols): return 'crowd'
+    lower = {c.lower() for c in cols}
+    if lower & set(FILE_COLUMNS) and lower & set(LABEL_COLUMNS): return 'table'
     return None
 
 def detect_format(path) -> str: # a label file or folder

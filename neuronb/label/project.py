@@ -10,8 +10,9 @@ from ..core import DataError, ParameterError
 from .events import EventStore, events_frame_from_table, aggregate, item_agreement, annotator_accuracy, disagreements
 
 # %% auto #0
-__all__ = ['IMPORTS', 'APP_EVENTS', 'ProjectEvents', 'project_events', 'import_labels', 'current_table', 'export_labels',
-           'labeling_report']
+__all__ = ['IMPORTS', 'APP_EVENTS', 'FOLDER_ANNOTATOR', 'LABEL_COLUMNS', 'ProjectEvents', 'project_events', 'import_labels',
+           'import_folder_labels', 'import_project_labels', 'import_message', 'aggregate_project', 'current_table',
+           'export_labels', 'labeling_report']
 
 # %% ../../nbs/25_label.project.ipynb #e0c1ac07
 IMPORTS, APP_EVENTS = 'labels/imports', 'labels/events'
@@ -39,8 +40,8 @@ def _source_tag(path, fmt) -> str:
     return f"{fmt}:{hashlib.sha256(data).hexdigest()[:12]}"
 
 def _dataset(project, dataset=None) -> str:
-    "`dataset`, else the one the project's `labeling:` block names, else 'raw'."
-    return dataset or (project.labeling or {}).get('dataset') or 'raw'
+    "`dataset`, else the one the project's `labeling:` block names, else the project's own."
+    return dataset or (project.labeling or {}).get('dataset') or getattr(project, 'dataset', None) or 'images'
 
 def import_labels(project,        # a `Project`
                   path,           # the export: a file or (YOLO, VOC) a folder
@@ -66,6 +67,77 @@ def import_labels(project,        # a `Project`
                         f"names must match the dataset's file names (`neuronb data log -d {dataset}`)")
     n = imports.add_many(events_frame_from_table(table[matched], files, source=source))
     return {'imported': n, 'set_aside': int((~matched).sum()), 'format': fmt, 'source': source, 'skipped': False}
+
+# %% ../../nbs/25_label.project.ipynb #ebfacee3
+FOLDER_ANNOTATOR = 'folders'
+
+def import_folder_labels(project, dataset=None) -> dict:
+    "Label each image of the dataset's latest version by its parent folder, once; returns counts."
+    import pandas as pd
+    from neuronb.data.versions import version_files, resolve
+    from neuronb.pipeline.init import _class_of
+    dataset = _dataset(project, dataset)
+    store = project.store()
+    files, version = version_files(store, 'latest', dataset), resolve(store, 'latest', dataset)['id']
+    ev = project_events(store)
+    done = set(ev.item[ev.annotator == FOLDER_ANNOTATOR])
+    rows = [(n, _class_of(n)) for n, h in files.items() if h not in done]
+    unfoldered = [n for n, c in rows if c is None]
+    rows = [(n, c) for n, c in rows if c is not None]
+    if rows:
+        table = pd.DataFrame({'name': [n for n, _ in rows], 'annotator': FOLDER_ANNOTATOR, 'label': [c for _, c in rows]})
+        EventStore(store, IMPORTS).add_many(events_frame_from_table(table, files, source=f'folders:{version[:12]}'))
+    return {'imported': len(rows), 'set_aside': len(unfoldered), 'format': 'folders', 'source': f'folders:{version[:12]}',
+            'skipped': not rows}
+
+# %% ../../nbs/25_label.project.ipynb #c8531f06
+def import_project_labels(project, labels:str, dataset=None) -> dict:
+    "Import the labels the label stage's `labels` parameter names: 'folders', 'none', or a file or export in the project."
+    if labels == 'none': return {'imported': 0, 'set_aside': 0, 'format': 'none', 'source': None, 'skipped': True}
+    if labels == 'folders': return import_folder_labels(project, dataset)
+    path = Path(labels) if Path(labels).is_absolute() else project.root/labels
+    return import_labels(project, path, dataset=dataset, skip_imported=True)
+
+def import_message(res:dict, labels:str) -> str:
+    "One line saying what `import_project_labels` did."
+    if res['format'] == 'none': return "no labels to import (labels = 'none'): label the images with `neuronb label serve`"
+    if res['skipped']: return f"{labels} ({res['format']}): nothing new to import"
+    return (f"imported {res['imported']} labels from {labels} ({res['format']})" +
+            (f"; {res['set_aside']} about images not in the dataset (or outside a class folder) set aside" if res['set_aside'] else ''))
+
+# %% ../../nbs/25_label.project.ipynb #ed45cc10
+LABEL_COLUMNS = ['hash', 'name', 'label', 'agreement', 'confidence', 'n_votes', 'reviewed']
+
+def aggregate_project(project, method:str='dawid-skene', # 'dawid-skene' or 'majority' (crowd-kit)
+                      min_confidence:float=0.0, # drop items whose aggregated label is less certain than this
+                      dataset=None) -> dict:
+    "`{'labels', 'workers', 'metrics'}`: one aggregated label per labeled item of the dataset, annotator scores, summary figures."
+    import pandas as pd
+    from neuronb.data.versions import version_files
+    from neuronb.label.crowd import fleiss_kappa
+    from neuronb.label.events import current_labels
+    store, dataset = project.store(), _dataset(project, dataset)
+    names = {h: n for n, h in version_files(store, 'latest', dataset).items()}
+    events = project_events(store)
+    events = events[events.item.isin(names)]
+    if not len(events):
+        return {'labels': pd.DataFrame(columns=LABEL_COLUMNS), 'workers': annotator_accuracy(events),
+                'metrics': {'labelled_items': 0, 'app_events': 0}}
+    labels = aggregate(events, method).merge(item_agreement(events)[['item', 'agreement']], on='item', how='left')
+    majority = aggregate(events, 'majority').set_index('item').label
+    kept = labels[labels.confidence >= min_confidence]
+    table = pd.DataFrame({'hash': kept.item, 'name': kept.item.map(names), 'label': kept.label, 'agreement': kept.agreement.fillna(1.0),
+                          'confidence': kept.confidence.round(4), 'n_votes': kept.n_votes, 'reviewed': kept.reviewed})
+    cur = current_labels(events)
+    votes = pd.DataFrame({'task': cur.item, 'worker': cur.annotator, 'label': cur.label})[cur.kind != 'skip']
+    multi = votes.worker.nunique() > 1
+    metrics = {'labelled_items': len(table), 'app_events': int((events.source == 'app').sum()),
+               'reviewed_items': int(labels.reviewed.sum()), 'mean_agreement': float(labels.agreement.mean()),
+               'unanimous_share': float((labels.agreement == 1).mean()),
+               'changed_by_aggregation': int((labels.set_index('item').label != majority.reindex(labels.item)).sum()),
+               **({'fleiss_kappa': float(fleiss_kappa(votes))} if multi else {})}
+    return {'labels': table.reset_index(drop=True), 'workers': annotator_accuracy(events).rename(columns={'annotator': 'worker'}),
+            'metrics': metrics}
 
 # %% ../../nbs/25_label.project.ipynb #3c797f1e
 def _image_size(data:bytes) -> tuple:

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..core import atomic_write
 
 # %% auto #0
-__all__ = ['canonical', 'notebook_code_hash', 'HashCache', 'path_hash', 'input_hash', 'stage_parts', 'fingerprint',
+__all__ = ['canonical', 'notebook_code_hash', 'HashCache', 'path_hash', 'source_hash', 'input_hash', 'stage_parts', 'fingerprint',
            'output_hashes', 'why_changed']
 
 # %% ../../nbs/63_pipeline.fingerprint.ipynb #0089d603
@@ -76,8 +76,17 @@ def _store_hash(store, rel, cache) -> str|None:
         return path_hash(Path(store.path(rel)), cache)
     return _remote_hash(store, rel)
 
+def source_hash(root, source:str) -> str|None:
+    "A hash of a data source (folder, glob or fsspec URL) from a listing of its names, sizes and modification times; None when it is missing."
+    from neuronb.core import DataError
+    from neuronb.data.versions import list_source
+    try: files = list_source(source if '://' in source else Path(root)/source)
+    except (DataError, FileNotFoundError): return None
+    return 'source:' + _sha(canonical([(f.name, f.stamp) for f in files]))
+
 def input_hash(root, path:str, cache=None, store=None) -> str|None:
-    "The hash of one declared input or output: a file, a folder, `store:PATH` or `dataset:NAME`."
+    "The hash of one declared input or output: a file, a folder, `store:PATH`, `dataset:NAME` or `source:LOCATION`."
+    if path.startswith('source:'): return source_hash(root, path[len('source:'):])
     if path.startswith('store:'): return _store_hash(store() if callable(store) else store, path[len('store:'):], cache)
     if not path.startswith('dataset:'): return path_hash(Path(root)/path, cache)
     from neuronb.core import DataError

@@ -12,7 +12,7 @@ from ..core import ConfigError, NeuronbError, StageFailed, PIPELINE_FILE, find_p
 
 # %% auto #0
 __all__ = ['Stage', 'Project', 'producers', 'dependencies', 'check_graph', 'parse_pipeline', 'parse_labeling', 'load_project',
-           'check_parameters', 'available_examples', 'init_project', 'parse_overrides']
+           'check_parameters', 'parse_overrides']
 
 # %% ../../nbs/61_pipeline.project.ipynb #a0140a62
 @dataclass
@@ -37,6 +37,7 @@ class Project:
     stages: list = field(default_factory=list)
     registry: str|None = None   # run registry URL; None: SQLite in .neuronb/ of the project
     labeling: dict|None = None  # the `labeling:` block: what `neuronb label serve` serves (see `parse_labeling`)
+    dataset: str = 'images'     # the dataset of the project's images in its storage: what ingest commits and the stages read
 
     @property
     def runs_dir(self): return self.root/'runs'
@@ -101,7 +102,7 @@ def check_graph(project, path='pipeline.yaml'):
                           f"break it by removing one of those inputs or needs")
 
 # %% ../../nbs/61_pipeline.project.ipynb #b9dd7c21
-_PROJECT_KEYS = {'name', 'storage', 'kernel', 'timeout', 'stages', 'registry', 'labeling'}
+_PROJECT_KEYS = {'name', 'dataset', 'storage', 'kernel', 'timeout', 'stages', 'registry', 'labeling'}
 _STAGE_KEYS = {'notebook', 'parameters', 'timeout', 'inputs', 'outputs', 'needs'}
 _NAME_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_-]*$')
 
@@ -132,6 +133,11 @@ def _norm(p:str) -> str:
     import posixpath
     return p if '://' in p else posixpath.normpath(p.strip()).rstrip('/')
 
+def _dataset_name(name, path) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(f"{path}: dataset {name!r} must be a name of letters, digits, '_' or '-' (e.g. dataset: images)")
+    return name
+
 def parse_pipeline(text:str, root:Path, path='pipeline.yaml') -> Project:
     "A `Project` from the text of a pipeline file, every key checked."
     import yaml
@@ -144,7 +150,8 @@ def parse_pipeline(text:str, root:Path, path='pipeline.yaml') -> Project:
     project = Project(Path(root), str(cfg.get('name', Path(root).name)), str(cfg.get('storage', 'data')),
                       str(cfg.get('kernel', 'python3')), int(cfg.get('timeout', 900)),
                       [_parse_stage(n, s, path) for n, s in stages.items()], cfg.get('registry'),
-                      parse_labeling(cfg['labeling'], path) if cfg.get('labeling') is not None else None)
+                      parse_labeling(cfg['labeling'], path) if cfg.get('labeling') is not None else None,
+                      _dataset_name(cfg.get('dataset', 'images'), path))
     check_graph(project, path)
     return project
 
@@ -186,29 +193,6 @@ def check_parameters(project, overrides=None, stages=None) -> dict:
     return {s.name: validate_parameters({**s.parameters, **overrides.get(s.name, {})},
                                         notebook_parameters(project.root/s.notebook), f"stage {s.name!r} ({s.notebook})")
             for s in (stages or project.stages)}
-
-# %% ../../nbs/61_pipeline.project.ipynb #fa392c59
-def _templates_dir() -> Path:
-    import neuronb
-    return Path(neuronb.__file__).parent/'templates'
-
-def available_examples() -> list:
-    "Names of the example projects `init_project` can create."
-    return sorted(p.name for p in _templates_dir().iterdir() if (p/PIPELINE_FILE).is_file())
-
-def init_project(folder,            # where to create the project; must be empty or not exist
-                 example='digits'): # which built-in example to start from
-    "Create a project in `folder` from a built-in example; returns the loaded `Project`."
-    folder = Path(folder)
-    if example not in available_examples():
-        raise ConfigError(f"unknown example {example!r}; available: {', '.join(available_examples())}")
-    if folder.exists() and any(folder.iterdir()):
-        raise ConfigError(f"{folder} already has files in it; choose a new or empty folder so nothing is overwritten")
-    tmp = folder.with_name(f'.{folder.name}.init-{uuid.uuid4().hex[:8]}')
-    shutil.copytree(_templates_dir()/example, tmp, ignore=shutil.ignore_patterns('__pycache__', '.ipynb_checkpoints'))
-    if folder.exists(): folder.rmdir()
-    os.replace(tmp, folder)  # the project appears whole or not at all
-    return load_project(folder)
 
 # %% ../../nbs/61_pipeline.project.ipynb #dd45eb49
 def parse_overrides(items) -> dict:

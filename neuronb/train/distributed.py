@@ -77,11 +77,16 @@ def prepare_job(folder, # created if missing; on several machines: a folder all 
     if device not in ('cpu', 'cuda'): raise ParameterError(f"device {device!r}: distributed training runs on 'cpu' (gloo) or 'cuda' (NCCL)")
     from safetensors.torch import save_file
     from neuronb.train.model import _json_default
+    from neuronb.train.data import StoreImages
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(folder/MODEL_DIR, ignore_errors=True); (folder/HISTORY_FILE).unlink(missing_ok=True)   # a reused folder: no stale results
-    tensors = dict(x_train=x_train, y_train=y_train, x_valid=x_valid, y_valid=y_valid)
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(folder/DATA_FILE))   # clone: safetensors refuses shared storage
     job = {'id': uuid.uuid4().hex[:12], 'cfg': cfg, 'device': device, 'threads': int(threads), 'train': train_kw}
+    if isinstance(x_train, StoreImages):   # images in project storage: each process reads its own shard from there
+        job['images'] = {'train': x_train.spec(), 'valid': x_valid.spec()}
+        (folder/DATA_FILE).unlink(missing_ok=True)
+    else:
+        tensors = dict(x_train=x_train, y_train=y_train, x_valid=x_valid, y_valid=y_valid)
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(folder/DATA_FILE))   # clone: safetensors refuses shared storage
     (folder/JOB_FILE).write_text(json.dumps(job, indent=1, default=_json_default) + '\n')
     return folder
 
@@ -119,7 +124,11 @@ def worker_main(folder): # the job folder
         torch.set_num_threads(job['threads'])
         from safetensors.torch import load_file
         from neuronb.train.learner import train_classifier, training_history
-        data = load_file(str(folder/DATA_FILE))
+        if 'images' in job:
+            from neuronb.train.data import StoreImages
+            tr, va = StoreImages(**job['images']['train']), StoreImages(**job['images']['valid'])
+            data = {'x_train': tr, 'y_train': None, 'x_valid': va, 'y_valid': None}
+        else: data = load_file(str(folder/DATA_FILE))
         cuda = job['device'] == 'cuda'
         device = torch.device('cuda', local_rank) if cuda else torch.device('cpu')
         if cuda: torch.cuda.set_device(device)

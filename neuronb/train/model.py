@@ -14,7 +14,7 @@ from ..core import ModelError, atomic_write
 
 # %% auto #0
 __all__ = ['ARCHS', 'MODEL_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE', 'conv_bn_relu', 'simple_cnn', 'build_model', 'resnet18',
-           'preprocess', 'images_to_tensor', 'predict_proba', 'save_model', 'load_model', 'model_version',
+           'timm_model', 'preprocess', 'images_to_tensor', 'predict_proba', 'save_model', 'load_model', 'model_version',
            'load_pretrained']
 
 # %% ../../nbs/40_train.model.ipynb #a50df63a
@@ -40,8 +40,12 @@ ARCHS = {'simple_cnn': simple_cnn}
 
 # %% ../../nbs/40_train.model.ipynb #656ef7e5
 def build_model(cfg:dict) -> nn.Module: # cfg: {'arch': 'simple_cnn', 'n_classes': 10, 'width': 32, ...}
-    "The untrained `nn.Module` that `cfg` describes."
+    "The untrained `nn.Module` that `cfg` describes ('timm/NAME' for any timm model)."
     arch = cfg.get('arch', 'simple_cnn')
+    if isinstance(arch, str) and arch.startswith('timm/'):
+        kw = {k: v for k, v in cfg.items() if k != 'arch'}
+        if 'n_classes' not in kw and 'classes' in kw: kw['n_classes'] = len(kw['classes'])
+        return timm_model(arch[5:], **kw)
     if arch not in ARCHS:
         raise ModelError(f"unknown architecture {arch!r}; known architectures: {', '.join(sorted(ARCHS))}. "
                          f"Set 'arch' to one of them, or register a new one in neuronb.train.model.ARCHS")
@@ -68,20 +72,32 @@ def resnet18(n_classes:int=10, # number of output classes
 
 ARCHS['resnet18'] = resnet18
 
-# %% ../../nbs/40_train.model.ipynb #12a16589
-def _to_gray(img:Image.Image) -> Image.Image:
-    "`img` as mode L; transparent areas become the colour opposite to the ink."
-    if img.mode == 'P': img = img.convert('RGBA' if 'transparency' in img.info else 'RGB')
-    if img.mode in ('RGBA', 'LA', 'PA'):
-        rgba = img.convert('RGBA')
-        alpha = np.asarray(rgba.getchannel('A'))
-        if alpha.min() < 255:
-            gray = np.asarray(rgba.convert('L'), dtype=np.float32)
-            ink = gray[alpha > 127].mean() if (alpha > 127).any() else 255.0
-            bg = Image.new('RGBA', rgba.size, (255,)*4 if ink < 128 else (0, 0, 0, 255))
-            img = Image.alpha_composite(bg, rgba)
-    return img.convert('L')
+def _torchvision_resnet(name:str):
+    "A builder for torchvision's `name` (resnet34, resnet50, …) with the same stems as `resnet18`."
+    def build(n_classes:int=10, in_channels:int=1, stem:str='small', **_) -> nn.Module:
+        import torchvision.models as tvm
+        if stem not in ('small', 'imagenet'): raise ModelError(f"{name} stem {stem!r} is unknown; use 'small' or 'imagenet'")
+        model = getattr(tvm, name)(weights=None, num_classes=n_classes)
+        if stem == 'imagenet':
+            if in_channels != 3: model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        else:
+            model.conv1, model.maxpool = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False), nn.Identity()
+        nn.init.kaiming_normal_(model.conv1.weight, mode='fan_out', nonlinearity='relu')
+        return model
+    build.__doc__ = f"torchvision's {name} with random weights; by default with a stem for small images."
+    return build
 
+for _name in ('resnet34', 'resnet50'): ARCHS[_name] = _torchvision_resnet(_name)
+
+def timm_model(name:str, # a timm model name, e.g. 'convnext_atto'
+               n_classes:int=10, in_channels:int=3, **_) -> nn.Module:
+    "A timm model with random weights (timm must be installed: `pip install timm`)."
+    try: import timm
+    except ImportError: raise ModelError(f"arch 'timm/{name}' needs timm, which is not installed: pip install timm") from None
+    try: return timm.create_model(name, pretrained=False, num_classes=n_classes, in_chans=in_channels)
+    except RuntimeError as e: raise ModelError(f"timm has no model {name!r} ({e}); pick one from timm.list_models()") from None
+
+# %% ../../nbs/40_train.model.ipynb #12a16589
 def _border_mean(a:np.ndarray) -> float:
     "Mean brightness of the outermost rows and columns of the 2-d array `a`."
     return float(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).mean())
@@ -106,36 +122,48 @@ def _crop_to_ink(img:Image.Image, margin:float=0.06) -> Image.Image:
                      min(cols[-1] + 1 + pad, a.shape[1]), min(rows[-1] + 1 + pad, a.shape[0])))
 
 # %% ../../nbs/40_train.model.ipynb #b25a6a19
-def _normalize(x:torch.Tensor, cfg:dict) -> torch.Tensor:
-    "Float images in 0..1 normalized in place with the config's `mean` and `std`."
-    return x.sub_(float(np.mean(cfg['mean']))).div_(float(np.mean(cfg['std'])))
+def _stats(cfg:dict, key:str) -> torch.Tensor:
+    "The config's per-channel `mean` or `std` (a number or a list) as a C×1×1 tensor."
+    return torch.tensor([float(v) for v in np.atleast_1d(cfg[key])], dtype=torch.float32).view(-1, 1, 1)
 
-def preprocess(img:Image.Image, # any mode (RGB, RGBA, L, P) and any size
-               cfg:dict) -> torch.Tensor: # uses cfg['size'], cfg['mean'], cfg['std']
-    "A float tensor [1, 1, S, S] ready for the model: grayscale, light-on-dark, square, resized, normalized."
-    if not isinstance(img, Image.Image):
-        raise ModelError(f"preprocess expects a PIL image, got {type(img).__name__}; open the file with PIL.Image.open first")
-    img = _to_gray(img)
+def _normalize(x:torch.Tensor, cfg:dict) -> torch.Tensor:
+    "Float images (…×C×H×W) in 0..1 normalized in place, per channel, with the config's `mean` and `std`."
+    return x.sub_(_stats(cfg, 'mean')).div_(_stats(cfg, 'std'))
+
+def _frame_ink(img:Image.Image, size:int) -> Image.Image:
+    "A gray picture of ink mapped onto the digits' training distribution: light on dark, cut to the ink, square."
     if _border_mean(np.asarray(img)) > 127: img = ImageOps.invert(img)
-    size, background = int(cfg['size']), int(round(_border_mean(np.asarray(img))))
+    background = int(round(_border_mean(np.asarray(img))))
     if img.size != (size, size): img = _crop_to_ink(img)  # a foreign picture: frame the digit as training did
-    img = _square(img, background)
-    if img.size != (size, size): img = img.resize((size, size), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
-    return _normalize(x, cfg)[None, None]
+    return _square(img, background)
+
+def preprocess(img, # a PIL image (any mode, any size) or image bytes
+               cfg:dict) -> torch.Tensor: # uses size, in_channels, mean, std, resize and frame_ink
+    "A float tensor [1, C, S, S] ready for the model, made as training made its images."
+    from neuronb.data.images import as_8bit, decode_image, fit_image
+    channels, size = int(cfg.get('in_channels', 1)), int(cfg['size'])
+    mode = 'L' if channels == 1 else 'RGB'
+    if isinstance(img, (bytes, bytearray, memoryview)): img = decode_image(img, mode='L' if cfg.get('frame_ink') else mode)
+    elif isinstance(img, Image.Image): img = as_8bit(img, 'L' if cfg.get('frame_ink') else mode)
+    else: raise ModelError(f"preprocess expects a PIL image or image bytes, got {type(img).__name__}; open the file with PIL.Image.open first")
+    if cfg.get('frame_ink'): img = _frame_ink(img, size).convert(mode)
+    img = fit_image(img, size, cfg.get('resize', 'squish'))
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    x = torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())
+    return _normalize(x, cfg)[None]
 
 # %% ../../nbs/40_train.model.ipynb #229a4db7
-def images_to_tensor(images, # uint8 array N x S x S, or a list of PIL images / uint8 arrays
+def images_to_tensor(images, # uint8 array N×S×S (gray) or N×C×S×S, or a list of PIL images / uint8 arrays
                      cfg:dict) -> torch.Tensor:
-    "A float tensor N x 1 x S x S, normalized as `preprocess` does."
-    if isinstance(images, np.ndarray) and images.ndim == 3:
-        if images.shape[1:] != (cfg['size'],) * 2:
-            raise ModelError(f"arrays are {images.shape[1]}x{images.shape[2]} but the model takes "
+    "A float tensor N×C×S×S, normalized as `preprocess` does."
+    if isinstance(images, np.ndarray) and images.ndim in (3, 4):
+        if images.shape[-2:] != (cfg['size'],) * 2:
+            raise ModelError(f"arrays are {images.shape[-2]}x{images.shape[-1]} but the model takes "
                              f"{cfg['size']}x{cfg['size']}; resize them or pass PIL images")
         x = torch.from_numpy(images).to(torch.float32).div_(255.0)
-        return _normalize(x, cfg).unsqueeze(1)
-    if len(images) == 0: return torch.zeros(0, 1, cfg['size'], cfg['size'])
-    if isinstance(images[0], np.ndarray) and images[0].ndim == 2: return images_to_tensor(np.stack(images), cfg)
+        return _normalize(x.unsqueeze(1) if images.ndim == 3 else x, cfg)
+    if len(images) == 0: return torch.zeros(0, int(cfg.get('in_channels', 1)), cfg['size'], cfg['size'])
+    if isinstance(images[0], np.ndarray) and images[0].ndim in (2, 3): return images_to_tensor(np.stack(images), cfg)
     return torch.cat([preprocess(img, cfg) for img in images])
 
 # %% ../../nbs/40_train.model.ipynb #3e98b572
