@@ -65,14 +65,17 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser('status', help='show which stages are up to date, which are stale and why',
                        description='Show each stage: fresh, stale (and why), failed or never run. Runs nothing.')
     s.add_argument('dir', metavar='DIR', nargs='?', default='.', help='the project folder (default: current folder)')
+    s.add_argument('--json', action='store_true', help='print JSON for scripts and CI instead of a table')
     s = sub.add_parser('runs', help='list the pipeline runs recorded in the registry',
                        description='List recent pipeline runs: when, status, duration, what ran and what was reused.')
     s.add_argument('dir', metavar='DIR', nargs='?', default='.', help='the project folder (default: current folder)')
     s.add_argument('-n', '--limit', type=int, default=20, help='how many runs (default: 20)')
+    s.add_argument('--json', action='store_true', help='print JSON for scripts and CI instead of a table')
     s = sub.add_parser('show', help='show one run: lineage of every stage (data, parameters, code, metrics)',
                        description='Show which data, parameters and code produced each stage\'s results in RUN.')
     s.add_argument('run', metavar='RUN', nargs='?', default=None, help='run id or a unique prefix of one (default: the latest)')
     s.add_argument('--dir', default='.', help='the project folder (default: current folder)')
+    s.add_argument('--json', action='store_true', help='print JSON for scripts and CI instead of a table')
     s = sub.add_parser('sync', help='upload the offline W&B runs of a project (needs `wandb login`)',
                        description='Upload the W&B runs recorded offline under runs/wandb/ that are not uploaded yet, '
                                    'each within --timeout seconds.')
@@ -121,6 +124,7 @@ def _data_parser(sub):
     c = ds(dsub.add_parser('commit', help='record the staged files as a new version'))
     c.add_argument('-m', '--message', required=True, help='what changed, in words')
     l = ds(dsub.add_parser('log', help='list versions, newest first'))
+    l.add_argument('--json', action='store_true', help='print JSON for scripts and CI instead of lines')
     l.add_argument('-n', '--limit', type=int, default=20)
     ds(dsub.add_parser('status', help='staged changes against the latest version'))
     f = ds(dsub.add_parser('diff', help='files added, removed and changed between two versions'))
@@ -276,9 +280,17 @@ def cmd_demo(args):
     return serve_demo(args.dir, port=args.port, ip=args.ip, token=args.token)
 
 # %% ../nbs/90_cli.ipynb #9cb2addf
+def _print_json(obj):
+    "`obj` as indented JSON on stdout (dates and paths as text): every listing's `--json`."
+    import json
+    print(json.dumps(obj, indent=1, default=str, ensure_ascii=False))
+
 def cmd_status(args):
     from neuronb.pipeline.engine import pipeline_status
     plans = pipeline_status(args.dir)
+    if args.json:
+        return _print_json([{'stage': p.stage, 'state': p.state, 'reason': p.reason,
+                             'last_ok_run': p.last['run_id'] if p.last else None} for p in plans]) or 0
     width = max(len(p.stage) for p in plans)
     for p in plans:
         last = f" (last ok: run {p.last['run_id']})" if p.last and p.state == 'fresh' else ''
@@ -298,6 +310,7 @@ def cmd_runs(args):
     project, reg = _open_registry(args.dir)
     try: rows = reg.runs(project.name, limit=args.limit)
     finally: reg.close()
+    if args.json: return _print_json(rows) or 0
     print(format_runs(rows) if rows else f"No runs yet. Start one with: neuronb run {args.dir}")
     return 0
 
@@ -311,7 +324,8 @@ def cmd_show(args):
             latest = reg.runs(project.name, limit=1)
             if not latest: raise ConfigError(f"no runs recorded yet in {project.root}; run `neuronb run` first")
             run_id = latest[0]['run_id']
-        print(format_lineage(reg.run(run_id)))
+        run = reg.run(run_id)
+        _print_json(run) if args.json else print(format_lineage(run))
     finally: reg.close()
     return 0
 
@@ -365,6 +379,7 @@ def cmd_data(args):
         print(("Committed " if c['created'] else "Nothing to commit; latest is ") + f"{args.dataset} {_short(c['id'])}")
         _print_version(c)
     elif cmd == 'log':
+        if args.json: return _print_json(v.log(store, args.dataset, args.limit)) or 0
         for c in v.log(store, args.dataset, args.limit): _print_version(c)
     elif cmd in ('status', 'diff'):
         _print_diff(v.diff(store, 'latest', 'staged', args.dataset) if cmd == 'status' else v.diff(store, args.a, args.b, args.dataset))

@@ -12,6 +12,7 @@ from neuronb.train.model import build_model, load_model, model_version, predict_
 
 CFG = {'arch': 'simple_cnn', 'n_classes': 10, 'in_channels': 1, 'width': 8, 'classes': [str(i) for i in range(10)],
        'size': 32, 'mean': 0.2, 'std': 0.3}
+INK = {**CFG, 'frame_ink': True}   # a model of handwriting: uploads are framed as its training digits were
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ def test_bad_config_refused(saved):
     folder = _break(saved[2], 'oldformat'); (folder/'config.json').write_text(json.dumps({**cfg, 'format': 'fastai-pkl'}))
     with pytest.raises(ModelError, match="expected 'neuronb-model/1'"): load_model(folder)
     folder = _break(saved[2], 'badarch'); (folder/'config.json').write_text(json.dumps({**cfg, 'arch': 'evil'}))
-    with pytest.raises(ModelError, match='known architectures: resnet18, simple_cnn'): load_model(folder)
+    with pytest.raises(ModelError, match='known architectures: resnet18, resnet34, resnet50, simple_cnn'): load_model(folder)
     assert issubclass(ModelError, NeuronbError)
 
 
@@ -154,8 +155,8 @@ def _light_seven(w=90, h=60):
     return img
 
 
-def test_preprocess_inverts_light_background():
-    x = preprocess(_light_seven(), CFG)
+def test_preprocess_inverts_light_background_for_handwriting():
+    x = preprocess(_light_seven(), INK)
     assert x.shape == (1, 1, 32, 32) and x.dtype == torch.float32
     raw = x[0, 0] * CFG['std'] + CFG['mean']   # back to 0..1
     assert raw[-3:, :3].mean() < 0.05 and raw[-3:, -3:].mean() < 0.05, "background is dark after inversion"
@@ -163,13 +164,20 @@ def test_preprocess_inverts_light_background():
     assert raw.max() > 0.8, "the strokes are bright"
     # same result from a white-on-black version of the same picture: the inversion is exact
     dark = Image.fromarray(255 - np.asarray(_light_seven()))
-    torch.testing.assert_close(preprocess(dark, CFG), x)
+    torch.testing.assert_close(preprocess(dark, INK), x)
+
+
+def test_preprocess_keeps_other_pictures_as_they_are():
+    "Without frame_ink a picture is only decoded, resized and normalized: no inversion, no cropping."
+    x = preprocess(_light_seven(), CFG)
+    raw = x[0, 0] * CFG['std'] + CFG['mean']
+    assert raw[-3:, :3].mean() > 0.9, "the light paper stays light"
 
 
 def test_preprocess_other_modes_and_bad_input():
     for img in (_light_seven().convert('L'), _light_seven().convert('P'), _light_seven().convert('RGBA')):
         assert preprocess(img, CFG).shape == (1, 1, 32, 32)
-    with pytest.raises(ModelError, match='PIL image'): preprocess(np.zeros((32, 32)), CFG)
+    with pytest.raises(ModelError, match='PIL image or image bytes'): preprocess(np.zeros((32, 32)), CFG)
 
 
 def test_model_module_imports_no_fastai():

@@ -87,7 +87,7 @@ stages:
   label:
     notebook: stages/02_label.ipynb
     inputs: [{label_inputs}]
-    outputs: [store:labels/{dataset}.csv, store:labels/workers.csv, store:labels/imports]
+    outputs: [store:labels/{dataset}.csv, store:labels/workers.csv]
     parameters:
       labels: {labels}   # 'folders', 'none', or a labels file/export in the project
   prepare:

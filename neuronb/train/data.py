@@ -121,6 +121,7 @@ def _augmenter(size:int):
 class ImageLoader:
     "Normalised (and augmented) batches of a `StoreImages` on `device`, decoded in worker processes: a fastai-compatible loader."
     n_inp = 1
+    ready_batches = True   # batches arrive on the device, normalised: the learner does nothing to them
     def __init__(self, ds:StoreImages, mean, std, # the dataset, and the per-channel statistics to normalise with
                  bs:int=64, shuffle:bool=False, drop_last:bool=False, seed:int=0,
                  device=None, rank:int=0, world_size:int=1, even:bool=True,

@@ -15,9 +15,9 @@ from .model import build_model, images_to_tensor, load_pretrained, _sha256, _jso
 from .data import StoreImages, ImageLoader
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'digits_example', 'mean_std', 'TensorLoader', 'combined_cos', 'adamw', 'train_classifier',
-           'save_checkpoint', 'last_checkpoint', 'load_checkpoint', 'checkpoint_callback', 'find_lr', 'accuracy_on',
-           'confusion_matrix', 'plot_confusion', 'top_losses', 'plot_top_losses', 'training_history', 'plot_history']
+__all__ = ['CHECKPOINT_FORMAT', 'digits_example', 'mean_std', 'TensorLoader', 'train_classifier', 'save_checkpoint',
+           'last_checkpoint', 'load_checkpoint', 'checkpoint_callback', 'find_lr', 'accuracy_on', 'confusion_matrix',
+           'plot_confusion', 'top_losses', 'plot_top_losses', 'training_history', 'plot_history']
 
 # %% ../../nbs/41_train.learner.ipynb #7fbfde9b
 def digits_example(size:int=32, # rendered image size
@@ -46,6 +46,7 @@ def mean_std(x_uint8) -> tuple: # uint8 images, any shape
 class TensorLoader:
     "A fastai-compatible loader yielding whole batches sliced from in-memory tensors."
     n_inp = 1
+    ready_batches = True   # its batches arrive on the device, as the model takes them: the learner does nothing to them
     def __init__(self, x:torch.Tensor, # inputs, N x ...
                  y:torch.Tensor, # labels, N
                  bs:int=128, # batch size
@@ -99,310 +100,6 @@ class TensorLoader:
     @property
     def dataset(self): return (self.x, self.y)
 
-_READY = (TensorLoader, ImageLoader)   # loaders whose batches arrive on the device, ready for the model
-
-# %% ../../nbs/41_train.learner.ipynb #a285e58c
-_INNER_LOOP = frozenset(('before_batch', 'after_pred', 'after_loss', 'before_backward', 'after_cancel_backward', 'after_backward',
-               'before_step', 'after_cancel_step', 'after_step', 'after_cancel_batch', 'after_batch'))
-
-def _handles(cb, event_name:str) -> bool:
-    "Whether callback `cb` defines a handler for `event_name` (on its class or passed to its constructor); `None` is none."
-    f = vars(cb).get(event_name)
-    return (f if f is not None else getattr(type(cb), event_name, None)) is not None
-
-def _cos(start, end, pos:float):
-    "Cosine interpolation from `start` to `end` at `pos` in 0..1 (fastai's `sched_cos`)."
-    return start + (1 + math.cos(math.pi * (1 - pos))) * (end - start) / 2
-
-def combined_cos(pct:float, start, middle, end):
-    "fastai's `combined_cos` in plain floats: cosine `start`→`middle` over `pct` of training, then `middle`→`end`."
-    def sched(pos:float):
-        if pos < pct: return _cos(start, middle, pos / pct)
-        return _cos(middle, end, min((pos - pct) / (1 - pct), 1.0))
-    return sched
-
-def _per_group(f, pos:float, n_groups:int) -> list:
-    "The value of schedule `f` (one function, or one per parameter group) at `pos`, as a list of floats, one per group."
-    v = [float(g(pos)) for g in f] if isinstance(f, (list, tuple)) else f(pos)
-    if isinstance(v, (int, float)): return [float(v)] * n_groups
-    if not isinstance(v, list): v = np.asarray(v, dtype=float).ravel().tolist()
-    return v * n_groups if len(v) == 1 else v
-
-# %% ../../nbs/41_train.learner.ipynb #f6563304
-_CLASSES = {}
-def _fastai_classes() -> dict:
-    "`TensorLearner` and the lean fastai pieces it uses, defined on first use (they subclass fastai's classes)."
-    if _CLASSES: return _CLASSES
-    from fastai.learner import Learner, AvgSmoothLoss, Recorder
-    from fastai.optimizer import OptimWrapper
-    from fastai.callback.core import (event, TrainEvalCallback, CancelBatchException, CancelBackwardException,
-                                      CancelStepException, CancelEpochException)
-    from fastai.callback.schedule import ParamScheduler
-    from fastai.callback.progress import ProgressCallback
-    from fastcore.foundation import L
-
-    class FastOptimWrapper(OptimWrapper):
-        "fastai's `OptimWrapper` with cheap hyperparameter reads and writes, and direct `step`/`zero_grad`."
-        def step(self, closure=None): return self.opt.step(closure)
-        def zero_grad(self): self.opt.zero_grad()
-
-        @property
-        def hypers(self):
-            out = []
-            for pg in self.opt.param_groups:
-                d = {}
-                for k, v in pg.items():
-                    if k == 'params': continue
-                    if isinstance(v, (tuple, list)):
-                        for i, vi in enumerate(v): d[self.fwd_map.get(f'{k}__{i}', f'{k}__{i}')] = vi
-                    else: d[self.fwd_map.get(k, k)] = v
-                out.append(d)
-            return out
-
-        def set_hyper(self, k, v):
-            n = len(self.opt.param_groups)
-            if isinstance(v, (int, float)): return self._set_hyper(k, [v] * n)
-            if isinstance(v, np.ndarray) and v.shape == (n,): return self._set_hyper(k, list(v))
-            return super().set_hyper(k, v)
-
-        def setter(self, k):
-            "A function that sets hyperparameter `k` from a list of values, one per parameter group, in plain dict writes."
-            key, pgs = self.bwd_map[k], self.opt.param_groups
-            if '__' not in key:
-                def set_(vals):
-                    for pg, v in zip(pgs, vals): pg[key] = v
-                return set_
-            name, i = key.split('__'); i = int(i)
-            def set_tuple(vals):
-                for pg, v in zip(pgs, vals): t = pg[name]; pg[name] = (*t[:i], v, *t[i+1:])
-            return set_tuple
-
-    class HostSmoothLoss(AvgSmoothLoss):
-        "fastai's smoothed training loss, computed on the host from the batch losses read back together, not one by one."
-        out = None   # a list (the recorder's `losses`) that each smoothed value is appended to
-        def reset(self): self.count, self.val, self.pending = 0, 0.0, []
-        def accumulate(self, learn): self.pending.append(learn.loss)   # a device tensor: no read-back here
-
-        def flush(self):
-            "Smooth the pending losses (one copy to the host for all of them); append each value to `out`."
-            if not self.pending: return
-            raw = torch.stack([l if l.ndim == 0 else l.mean() for l in self.pending]).float().cpu().tolist()
-            self.pending, b, vals = [], self.beta, []
-            for v in raw:   # fastai's lerp(loss, val, beta), in float64
-                self.count += 1
-                self.val = v + b * (self.val - v)
-                vals.append(self.val / (1 - b ** self.count))
-            if self.out is not None: self.out.extend(torch.tensor(vals, dtype=torch.float32).unbind())
-
-        @property
-        def value(self):
-            self.flush()
-            return torch.tensor(self.val / (1 - self.beta ** self.count) if self.count else 0.0)
-
-    class LeanRecorder(Recorder):
-        "fastai's `Recorder`; the smoothed loss is read back once per epoch (or when someone asks), not every batch."
-        name = 'recorder'
-        def __init__(self, *args, beta=0.98, **kwargs):
-            super().__init__(*args, beta=beta, **kwargs)
-            self.smooth_loss = HostSmoothLoss(beta=beta)
-
-        def before_fit(self):
-            super().before_fit()
-            self.smooth_loss.out = self.losses
-
-        def before_train(self):
-            super().before_train()
-            opt = self.learn.opt   # the torch param group the lr is read from, or None: ask fastai's `hypers`
-            self._lr_group = opt.opt.param_groups[-1] if isinstance(opt, FastOptimWrapper) else None
-
-        def after_batch(self):
-            learn = self.learn
-            if len(learn.yb) == 0: return
-            if not learn.training:
-                for met in self._valid_mets: met.accumulate(learn)
-                return
-            self.smooth_loss.accumulate(learn)
-            if self.train_metrics:
-                for met in self.metrics: met.accumulate(learn)
-            self.lrs.append(self._lr_group['lr'] if self._lr_group is not None else learn.opt.hypers[-1]['lr'])
-
-        def after_train(self):
-            self.learn.smooth_loss = self.smooth_loss.value   # kept on the learner, as fastai's recorder does
-            super().after_train()
-        def after_fit(self): self.smooth_loss.flush()
-
-    class LeanTrainEval(TrainEvalCallback):
-        "fastai's `TrainEvalCallback`, its per-batch counter update without attribute forwarding."
-        name = 'train_eval'
-        def after_batch(self):
-            learn = self.learn
-            learn.pct_train += 1. / (learn.n_iter * learn.n_epoch)
-            learn.train_iter += 1
-
-    class LeanProgress(ProgressCallback):
-        "fastai's `ProgressCallback`; the loss shown is read back only when the bar is redrawn."
-        name = 'progress'
-        def after_batch(self):
-            pb, v = self.pbar, self.learn.iter + 1
-            if pb.last_v is None or v <= pb.first_its or v >= pb.last_v + pb.wait_for or (pb.total and v >= pb.total):
-                loss = getattr(self.learn, 'smooth_loss', None)
-                if loss is not None: pb.comment = f'{float(loss):.4f}'
-            pb.update(v)
-
-    class StepScheduler(ParamScheduler):
-        "fastai's `ParamScheduler` with every step's values computed before the fit and written straight into the optimizer."
-        after_batch = None   # the values are recorded when they are set
-        def before_fit(self):
-            super().before_fit()
-            learn = self.learn
-            self._n = n = len(learn.dls.train) * learn.n_epoch
-            opt, groups = learn.opt, len(learn.opt.param_groups)
-            self._table = {k: [_per_group(f, i / n, groups) for i in range(n)] for k, f in self.scheds.items()}
-            self._setters = {k: opt.setter(k) if isinstance(opt, FastOptimWrapper) else partial(self._set_slow, k)
-                             for k in self.scheds}
-
-        def _set_slow(self, k, vals): self.learn.opt.set_hyper(k, vals if len(vals) > 1 else vals[0])
-
-        def before_batch(self):
-            learn = self.learn
-            i = int(learn.pct_train * self._n + 0.5)   # the step index, also when training resumes at a later epoch
-            for k, table in self._table.items():
-                vals = table[i] if i < len(table) else _per_group(self.scheds[k], learn.pct_train, len(table[0]))
-                self._setters[k](vals)
-                self.hps[k].append(vals[-1])
-
-    class TensorLearner(Learner):
-        "fastai's `Learner`, with cheaper per-batch bookkeeping."
-        amp = None   # `torch.autocast` arguments for the forward pass and loss, e.g. {'device_type': 'cuda', 'dtype': torch.bfloat16}
-        _lean = {TrainEvalCallback: LeanTrainEval, Recorder: LeanRecorder, ProgressCallback: LeanProgress}
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            for cb in list(self.cbs):   # fastai's default callbacks, swapped for their lean subclasses
-                lean = self._lean.get(type(cb))
-                if lean is None: continue
-                new = lean(**{k: getattr(cb, k) for k in ('add_time', 'train_metrics', 'valid_metrics')}, beta=cb.smooth_loss.beta) \
-                      if lean is LeanRecorder else lean()
-                self.remove_cb(cb); self.add_cb(new)
-
-        def add_cb(self, cb): self._handlers = {}; return super().add_cb(cb)
-        def remove_cb(self, cb): self._handlers = {}; return super().remove_cb(cb)
-
-        @property
-        def smooth_loss(self):
-            "The smoothed training loss so far (a CPU tensor); after training, its last value."
-            rec = self.__dict__.get('recorder')
-            if isinstance(rec, LeanRecorder) and (rec.smooth_loss.count or rec.smooth_loss.pending): return rec.smooth_loss.value
-            if '_smooth_loss' in self.__dict__: return self.__dict__['_smooth_loss']
-            raise AttributeError('smooth_loss')
-        @smooth_loss.setter
-        def smooth_loss(self, v): self.__dict__['_smooth_loss'] = v
-
-        def __call__(self, event_name):
-            if isinstance(event_name, str): return self._call_one(event_name)
-            for e in event_name: self._call_one(e)
-
-        def _call_one(self, event_name):
-            if event_name in _INNER_LOOP:   # straight to the handlers, without `Callback.__call__`'s checks
-                for f in self._inner()[event_name]: f()
-                return
-            cbs = self._handlers.get(event_name)
-            if cbs is None:
-                if not hasattr(event, event_name): raise Exception(f'missing {event_name}')
-                cbs = [cb for cb in self.cbs.sorted('order') if event_name == 'after_fit' or _handles(cb, event_name)]
-                self._handlers[event_name] = cbs
-            for cb in cbs: cb(event_name)
-            self._handlers = {k: v for k, v in self._handlers.items() if isinstance(k, str)}   # run flags may have changed
-
-        def _inner(self) -> dict:
-            "{event: bound handlers} for every batch-loop event, for the callbacks that run now (in training or validation)."
-            training = getattr(self, 'training', None)
-            h = self._handlers.get(training)
-            if h is None:
-                cbs = [cb for cb in self.cbs.sorted('order') if cb.run and
-                       (training is None or (cb.run_train if training else cb.run_valid))]
-                h = self._handlers[training] = {e: [getattr(cb, e) for cb in cbs if _handles(cb, e)] for e in _INNER_LOOP}
-            return h
-
-        def _inner_handlers(self, event_name): return self._inner()[event_name]
-
-        def _do_fit(self):
-            for epoch in range(getattr(self, 'first_epoch', 0), self.n_epoch):   # a resumed fit starts after its checkpoint
-                self.epoch = epoch
-                self._with_events(self._do_epoch, 'epoch', CancelEpochException)
-
-        def one_batch(self, i, b):
-            self.iter = i
-            if isinstance(self.dl, _READY): self.xb, self.yb = b[:1], b[1:]   # already on the device, normalised; one input
-            else: self._split(super()._set_device(b))
-            h = self._inner()
-            try:
-                for f in h['before_batch']: f()
-                self._do_one_batch()
-            except CancelBatchException:
-                for f in h['after_cancel_batch']: f()
-            for f in h['after_batch']: f()
-
-        def _do_one_batch(self):
-            if self.amp is None: self._forward()
-            else:
-                with torch.autocast(**self.amp): self._forward()   # the forward pass and the loss in lower precision
-            self('after_loss')
-            if not self.training or not len(self.yb): return
-            self._do_grad_opt()
-
-        def _forward(self):
-            h = self._inner()
-            self.pred = self.model(*self.xb)
-            for f in h['after_pred']: f()
-            if len(self.yb):
-                self.loss_grad = self.loss_func(self.pred, *self.yb)
-                # a copy only if a callback may change `loss_grad` in place (fastai always copies)
-                self.loss = self.loss_grad.clone() if h['after_loss'] else self.loss_grad.detach()
-
-        def _do_grad_opt(self):
-            h = self._inner()   # fastai's `_with_events` for backward and step, without its per-event calls
-            try:
-                for f in h['before_backward']: f()
-                self._backward()
-            except CancelBackwardException:
-                for f in h['after_cancel_backward']: f()
-            for f in h['after_backward']: f()
-            try:
-                for f in h['before_step']: f()
-                self._step()
-            except CancelStepException:
-                for f in h['after_cancel_step']: f()
-            for f in h['after_step']: f()
-            self.opt.zero_grad()
-
-        def fit_one_cycle(self, n_epoch, lr_max=None, div=25., div_final=1e5, pct_start=0.25, wd=None,
-                          moms=None, cbs=None, reset_opt=False, start_epoch=0):
-            "fastai's `fit_one_cycle`, its schedules computed with floats, once per step, before the fit."
-            if self.opt is None: self.create_opt()
-            self.opt.set_hyper('lr', self.lr if lr_max is None else lr_max)
-            lr_max = [float(h['lr']) for h in self.opt.hypers]
-            scheds = {'lr': [combined_cos(pct_start, lr / div, lr, lr / div_final) for lr in lr_max],
-                      'mom': combined_cos(pct_start, *(self.moms if moms is None else moms))}
-            self.fit(n_epoch, cbs=StepScheduler(scheds) + L(cbs), reset_opt=reset_opt, wd=wd, start_epoch=start_epoch)
-
-    _CLASSES.update(TensorLearner=TensorLearner, FastOptimWrapper=FastOptimWrapper, HostSmoothLoss=HostSmoothLoss,
-                    LeanRecorder=LeanRecorder, LeanTrainEval=LeanTrainEval, LeanProgress=LeanProgress,
-                    StepScheduler=StepScheduler)
-    return _CLASSES
-
-def _learner_class(): return _fastai_classes()['TensorLearner']
-
-# %% ../../nbs/41_train.learner.ipynb #12a829a1
-def _fusable(params) -> bool:
-    "Whether torch's fused AdamW supports these parameters (floating point, on CPU or CUDA)."
-    return all(p.is_floating_point() and p.device.type in ('cpu', 'cuda') for p in params)
-
-def adamw(params, **kwargs):
-    "torch's AdamW (fused where supported) in a `FastOptimWrapper`, for `Learner(opt_func=adamw)`."
-    ps = [p for group in params for p in (group if isinstance(group, (list, tuple)) else [group])]
-    return _fastai_classes()['FastOptimWrapper'](params, opt=partial(torch.optim.AdamW, fused=_fusable(ps)), **kwargs)
-
 # %% ../../nbs/41_train.learner.ipynb #9bfb9ee3
 def _wandb_callback(project:str, dir, cfg:dict, hypers:dict):
     "Start an offline-by-default wandb run and return fastai's callback for it."
@@ -419,7 +116,8 @@ def _fastai_learner(dls, model, wd, cbs, progress):
     from fastai.metrics import accuracy
     import fastai.callback.schedule  # patches fit_one_cycle onto Learner
     from fastai.callback.progress import ProgressCallback
-    learn = _learner_class()(dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=adamw, metrics=accuracy, wd=wd, cbs=cbs)
+    from neuronb.train.lean import TensorLearner, adamw   # fastai is imported here, when a fit starts
+    learn = TensorLearner(dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=adamw, metrics=accuracy, wd=wd, cbs=cbs)
     learn.remove_cb(CastToTensor)   # batches are plain tensors already; skip a per-batch tree walk
     if not progress:
         learn.remove_cb(ProgressCallback)
@@ -565,7 +263,7 @@ def _fit_state(learn) -> tuple:
     if hasattr(sl, 'flush'): sl.flush()
     tensors, opt = _opt_state(_torch_opt(learn))
     tensors['rng.torch'] = torch.get_rng_state()
-    if isinstance(learn.dls.train, _READY): tensors['rng.loader'] = learn.dls.train.gen.get_state()
+    if isinstance(getattr(learn.dls.train, 'gen', None), torch.Generator): tensors['rng.loader'] = learn.dls.train.gen.get_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()): tensors[f'rng.cuda.{i}'] = s
     tensors['recorder.losses'] = torch.tensor([float(l) for l in rec.losses], dtype=torch.float32)
@@ -669,37 +367,10 @@ def _restore(learn, meta:dict, weights:dict, tensors:dict, plain:dict):
     learn.first_epoch = learn.n_epoch if meta['finished'] else meta['epoch']
     learn.epoch, learn.train_iter = max(meta['epoch'] - 1, 0), meta['epoch'] * len(learn.dls.train)
 
-_CALLBACKS = {}
 def checkpoint_callback(folder, settings:dict, resume:bool=False):
     "A fastai callback that saves a checkpoint into `folder` after every epoch and, with `resume`, restores the newest first."
-    if 'Checkpoints' not in _CALLBACKS:
-        from fastai.callback.core import Callback
-        class Checkpoints(Callback):
-            "Checkpoints after every epoch (rank 0 only); with `resume`, the newest one restored before the fit."
-            order = 65   # after the recorder (50), the scheduler and trackers (60): they reset their state before this restores it
-            def __init__(self, folder, settings, resume): self.folder, self.settings, self.resume, self.saved = Path(folder), settings, resume, 0
-            def before_fit(self):
-                self.run = not hasattr(self.learn, 'lr_finder')
-                self.learn.first_epoch, self.saved = 0, 0
-                if not self.run or not self.resume: return
-                path = last_checkpoint(self.folder)
-                if path is None: return print(f"no checkpoint in {self.folder} yet: starting from the first epoch")
-                meta, weights, tensors, plain = load_checkpoint(path)
-                _check_settings(meta, self.settings, path)
-                _restore(self.learn, meta, weights, tensors, plain)
-                self.saved = meta['epoch']
-            def after_epoch(self):
-                if _rank_world()[0] == 0: save_checkpoint(self.learn, self.folder, self.settings, self.epoch + 1)
-                self.saved = self.epoch + 1
-            def after_fit(self):
-                if _rank_world()[0] != 0: return
-                done = len(self.learn.recorder.values)   # complete epochs: one cancelled mid-way has no row
-                if done and done != self.saved: save_checkpoint(self.learn, self.folder, self.settings, done, finished=True)
-                elif self.saved:   # the fit ended (or stopped early): mark its last checkpoint finished
-                    path = self.folder/f'epoch-{self.saved:04d}'
-                    _write_json(path/'meta.json', {**json.loads((path/'meta.json').read_text()), 'finished': True})
-        _CALLBACKS['Checkpoints'] = Checkpoints
-    return _CALLBACKS['Checkpoints'](folder, settings, resume)
+    from neuronb.train.lean import Checkpoints
+    return Checkpoints(folder, settings, resume)
 
 # %% ../../nbs/41_train.learner.ipynb #1046ca6f
 def find_lr(x_train, y_train, x_valid, y_valid, cfg:dict, # tensors, or `StoreImages` (and None), as for `train_classifier`
