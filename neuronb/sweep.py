@@ -12,9 +12,9 @@ from .core import ConfigError, ParameterError, StageFailed, PIPELINE_FILE, atomi
 # %% auto #0
 __all__ = ['METHODS', 'GOALS', 'DISTRIBUTIONS', 'SWEEP_ENGINES', 'Param', 'SweepConfig', 'parse_sweep_config', 'suggest_params',
            'grid_size', 'make_sampler', 'make_pruner', 'default_storage', 'TrackedObjective', 'run_local_sweep',
-           'default_trials', 'results_table', 'digits_objective', 'wandb_base_url', 'server_reachable', 'choose_engine',
-           'SweepResult', 'register_engine', 'LocalEngine', 'WandbEngine', 'resolve_objective', 'pick_engine', 'sweep',
-           'plot_parallel', 'apply_best']
+           'default_trials', 'results_table', 'digits_objective', 'project_objective', 'default_objective',
+           'wandb_base_url', 'server_reachable', 'choose_engine', 'SweepResult', 'register_engine', 'LocalEngine',
+           'WandbEngine', 'resolve_objective', 'pick_engine', 'sweep', 'plot_parallel', 'apply_best']
 
 # %% ../nbs/50_sweep.ipynb #82725188
 METHODS = ('grid', 'random', 'bayes')
@@ -395,15 +395,60 @@ def digits_objective(params:dict, # lr, bs, epochs, wd, width, depth, size, seed
     from neuronb.train.learner import train_classifier
     d = _digits_tensors(int(params.get('size', 16)))
     cfg = {**d['cfg'], 'width': int(params.get('width', 16)), 'depth': int(params.get('depth', 2))}
+    return _fit_trial(d['train'], d['valid'], cfg, params, report)
+
+def _fit_trial(train:tuple, valid:tuple, cfg:dict, params:dict, report, **kw) -> float:
+    "One trial's fit with `params`, reporting each epoch's validation accuracy; the last one (or TrialPruned)."
+    import optuna
+    from fastcore.basics import defaults
+    from neuronb.train.learner import train_classifier
     cb = _report_callback(report)
     defaults.callbacks = [*defaults.callbacks, cb]
     try:
-        learn = train_classifier(*d['train'], *d['valid'], cfg, epochs=int(params.get('epochs', 3)),
+        learn = train_classifier(*train, *valid, cfg, epochs=int(params.get('epochs', 3)),
                                  lr=float(params.get('lr', 3e-3)), bs=int(params.get('bs', 128)),
-                                 wd=float(params.get('wd', 0.01)), seed=int(params.get('seed', 0)), progress=False)
+                                 wd=float(params.get('wd', 0.01)), seed=int(params.get('seed', 0)), progress=False, **kw)
     finally: defaults.callbacks = [c for c in defaults.callbacks if c is not cb]
     if cb.pruned: raise optuna.TrialPruned(f"pruned after epoch {cb.epochs}")
     return float(learn.recorder.values[-1][-1])
+
+# %% ../nbs/50_sweep.ipynb #886e3523
+_PROJECT_DATA = {}
+def _project_data(size:int) -> dict:
+    "The working directory's project's prepared dataset as `StoreImages` and its model config at `size` px (0: from the data)."
+    from neuronb.pipeline.project import load_project
+    from neuronb.data.prepare import read_index, require_ready
+    from neuronb.train.data import index_images, choose_size, choose_channels, channel_stats
+    project = load_project(_project_root())
+    store = project.store()
+    df, meta = read_index(store, project.dataset)
+    require_ready(meta)
+    key = (str(project.root), meta['version'], size)
+    if key in _PROJECT_DATA: return _PROJECT_DATA[key]
+    train_df = df[df.split == 'train']
+    size, channels = size or choose_size(store, train_df), choose_channels(store, train_df)
+    tr, va = (index_images(store, df, meta['classes'], size, channels, split=s) for s in ('train', 'valid'))
+    mean, std = channel_stats(tr)
+    cfg = {'arch': 'simple_cnn', 'n_classes': len(meta['classes']), 'in_channels': channels, 'classes': meta['classes'],
+           'size': size, 'mean': mean, 'std': std, 'data_version': meta['version']}
+    _PROJECT_DATA[key] = {'cfg': cfg, 'train': (tr, None), 'valid': (va, None)}
+    return _PROJECT_DATA[key]
+
+def project_objective(params:dict, # arch, width, size, lr, bs, epochs, wd, augment, seed (defaults where missing)
+                      report) -> float: # report(epochs_done, valid_accuracy) -> True to prune
+    "Train on the working directory's project's prepared dataset with `params`; the final validation accuracy."
+    d = _project_data(int(params.get('size', 0)))
+    cfg = {**d['cfg'], 'arch': str(params.get('arch', 'simple_cnn')), 'width': int(params.get('width', 32))}
+    return _fit_trial(d['train'], d['valid'], cfg, params, report, augment=bool(params.get('augment', False)), num_workers=0)
+
+def default_objective() -> callable:
+    "`project_objective` inside a project whose dataset is prepared, else `digits_objective`."
+    from neuronb.pipeline.project import load_project
+    try:
+        project = load_project(_project_root())
+        meta = project.store().read_json(f'datasets/{project.dataset}/meta.json')
+    except (ConfigError, OSError, ValueError): return digits_objective
+    return project_objective if meta.get('ready', True) else digits_objective
 
 # %% ../nbs/50_sweep.ipynb #a86341b9
 def wandb_base_url() -> str:
@@ -519,10 +564,10 @@ class WandbEngine:
 register_engine('wandb', WandbEngine())
 
 # %% ../nbs/50_sweep.ipynb #73719528
-def resolve_objective(objective) -> callable: # a function, 'package.module:function', or None for the digits example
+def resolve_objective(objective) -> callable: # a function, 'package.module:function', or None: the project's (else the digits)
     "The objective function `objective` names."
     import importlib
-    if objective is None: return digits_objective
+    if objective is None: return default_objective()
     if callable(objective): return objective
     mod, _, name = str(objective).partition(':')
     try: return getattr(importlib.import_module(mod), name)
@@ -561,7 +606,7 @@ def sweep(config, # path of a W&B sweep YAML file, YAML text or a dict
     sc = parse_sweep_config(config)
     objective = resolve_objective(objective)
     name, why = pick_engine(engine, timeout)
-    if show: print(f"sweep engine: {name} ({why})", flush=True)
+    if show: print(f"sweep engine: {name} ({why}); objective: {getattr(objective, '__name__', objective)}", flush=True)
     res = SWEEP_ENGINES[name].run(sc, objective, n_trials, workers, study_name=study_name, storage=storage, seed=seed,
                                   project=project or sc.raw.get('project'))
     res.reason = why

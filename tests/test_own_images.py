@@ -181,3 +181,73 @@ def test_a_bucket_as_the_source(tmp_path, s3_endpoint, aws_env):
     m = stage_metrics(tmp_path/'p')
     assert (m['ingest']['files_ingested'], m['ingest']['rejected'], m['label']['labelled_items']) == (48, 1, 48)
     assert len(fs.find('photos-bucket/pets')) == 49                   # the bucket is only read
+
+
+def test_a_sweep_trains_on_the_projects_own_images(folders_project):
+    base, run, _ = folders_project
+    assert run.returncode == 0
+    (base/'pets/quick.yaml').write_text('method: grid\nmetric: {name: valid_accuracy, goal: maximize}\n'
+                                        'parameters:\n  lr: {values: [0.003, 0.01]}\n  epochs: {value: 2}\n  size: {value: 24}\n')
+    out = subprocess.run([str(BIN/'neuronb'), 'sweep', 'quick.yaml', '--engine', 'local'], capture_output=True, text=True,
+                         env=ENV, timeout=900, cwd=base/'pets')
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count('COMPLETE') == 2 and 'best valid_accuracy' in out.stdout
+    assert 'objective: project_objective' in out.stdout                       # the project's images, not the digits
+    assert (base/'pets/sweep.yaml').is_file()                                # every project gets a sweep config
+
+
+def test_status_runs_and_show_answer_in_json(folders_project):
+    base, run, _ = folders_project
+    status = json.loads(neuronb('status', base/'pets', '--json').stdout)
+    assert [s['stage'] for s in status] == ['ingest', 'label', 'prepare', 'analyze', 'train', 'demo']
+    runs = json.loads(neuronb('runs', base/'pets', '--json').stdout)
+    assert runs and all('run_id' in r for r in runs)
+    show = json.loads(neuronb('show', '--dir', base/'pets', '--json').stdout)
+    assert show['run_id'] == runs[0]['run_id']
+    log = json.loads(neuronb('data', '--dir', base/'pets', 'log', '-d', 'images', '--json').stdout)
+    assert log[0]['dataset'] == 'images'
+
+
+def _project_images(root, size=24):
+    "The train and valid splits of a prepared project as `StoreImages`, and a model config for them."
+    from neuronb.pipeline.project import load_project
+    from neuronb.data.prepare import read_index
+    from neuronb.train.data import index_images, channel_stats
+    project = load_project(root)
+    store = project.store()
+    df, meta = read_index(store, project.dataset)
+    tr, va = (index_images(store, df, meta['classes'], size, 3, split=s) for s in ('train', 'valid'))
+    mean, std = channel_stats(tr)
+    return tr, va, {'arch': 'simple_cnn', 'n_classes': len(meta['classes']), 'in_channels': 3, 'width': 8,
+                    'classes': meta['classes'], 'size': size, 'mean': mean, 'std': std}
+
+
+def test_an_interrupted_fit_on_streamed_images_resumes_exactly(folders_project, tmp_path):
+    import torch
+    from fastai.callback.core import Callback
+    from neuronb.train.learner import train_classifier, last_checkpoint
+    base, run, _ = folders_project
+    tr, va, cfg = _project_images(base/'pets')
+
+    class Crash(Callback):
+        def before_epoch(self):
+            if self.epoch == 2: raise RuntimeError('simulated crash')
+    kw = dict(epochs=4, lr=1e-2, bs=8, seed=0, progress=False, num_workers=2)
+    full = train_classifier(tr, None, va, None, cfg, **kw)
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        train_classifier(tr, None, va, None, cfg, checkpoint_dir=tmp_path, cbs=[Crash()], **kw)
+    assert last_checkpoint(tmp_path).name == 'epoch-0002'
+    resumed = train_classifier(tr, None, va, None, cfg, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert resumed.recorder.values == full.recorder.values
+    for a, b in zip(resumed.model.state_dict().values(), full.model.state_dict().values()): assert torch.equal(a, b)
+
+
+def test_the_train_stage_on_streamed_images_in_two_processes_with_the_lr_finder(folders_project):
+    base, run, _ = folders_project
+    out = neuronb('run', base/'pets', *QUICK[:-2], '-p', 'train.nproc=2', '-p', 'train.find_lr=true', '-p', 'train.epochs=3',
+                  '--only', 'train')
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    m = stage_metrics(base/'pets')
+    assert m['train']['found_lr'] > 0 and m['train']['test_accuracy'] >= 0.6
+    job = json.loads((base/'pets/.neuronb/jobs/train/job.json').read_text())
+    assert job['images']['train']['size'] == 32 and not (base/'pets/.neuronb/jobs/train/data.safetensors').exists()

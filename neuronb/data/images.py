@@ -11,8 +11,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..core import DataError
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'BACKGROUND', 'GRAY_MODES', 'ImageError', 'as_8bit', 'decode_image', 'image_info', 'fit_image',
-           'image_array']
+__all__ = ['MAX_PIXELS', 'BACKGROUND', 'GRAY_MODES', 'ImageError', 'as_8bit', 'decode_image', 'image_info', 'image_size',
+           'fit_image', 'image_array']
 
 # %% ../../nbs/10a_data.images.ipynb #855367fc
 MAX_PIXELS = 89_478_485   # Pillow's own warning threshold (about 9,500 × 9,500): above it, a file is refused
@@ -129,6 +129,13 @@ def image_info(src, name:str|None=None) -> dict:
                 (["transparent areas composited onto white"] if _has_alpha(img) else [])
         return {'format': img.format, 'mode': img.mode, 'width': img.width, 'height': img.height,
                 'frames': frames, 'note': '; '.join(notes)}
+
+# %% ../../nbs/10a_data.images.ipynb #38650256
+def image_size(src, name:str|None=None) -> tuple:
+    "`(width, height)` of `src` as `decode_image` gives it (upright), from the header only."
+    info = image_info(src, name)
+    with _open(src, name) as img: turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    return (info['height'], info['width']) if turned else (info['width'], info['height'])
 
 # %% ../../nbs/10a_data.images.ipynb #eb1bd8d7
 def fit_image(img:Image.Image, # from `decode_image`

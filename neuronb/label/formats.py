@@ -123,15 +123,14 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.we
 
 def image_sizes(folder) -> dict: # a folder of images, searched recursively
     "`{name: (width, height)}` of every image under `folder`, names relative to it with `/` separators."
-    from PIL import Image, UnidentifiedImageError
+    from neuronb.data.images import image_size
     folder = Path(folder)
     if not folder.is_dir(): raise DataError(f"image folder {folder} does not exist; pass the folder holding the images")
     sizes = {}
     for p in sorted(folder.rglob('*')):
         if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file(): continue
-        try:
-            with Image.open(p) as im: sizes[p.relative_to(folder).as_posix()] = im.size
-        except (UnidentifiedImageError, OSError) as e: raise DataError(f"{p}: not a readable image ({e}); replace or remove it") from None
+        try: sizes[p.relative_to(folder).as_posix()] = image_size(p)   # upright, as every reader decodes it
+        except DataError as e: raise DataError(f"{p}: not a readable image ({e}); replace or remove it") from None
     return sizes
 
 # %% ../../nbs/22_label.formats.ipynb #bf2a3d69

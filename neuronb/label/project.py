@@ -141,9 +141,8 @@ def aggregate_project(project, method:str='dawid-skene', # 'dawid-skene' or 'maj
 
 # %% ../../nbs/25_label.project.ipynb #3c797f1e
 def _image_size(data:bytes) -> tuple:
-    import io
-    from PIL import Image
-    with Image.open(io.BytesIO(data)) as im: return im.size
+    from neuronb.data.images import image_size
+    return image_size(data)   # upright, as the labeling app shows it
 
 def current_table(project, method='dawid-skene', dataset=None) -> 'pd.DataFrame':
     "The neutral annotations table of the project's aggregated labels, one row per labeled item of the dataset."

@@ -117,6 +117,23 @@ labeling:
   overlap: 1
 """
 
+_SWEEP = """\
+# A W&B sweep config over the train stage's parameters. `neuronb sweep sweep.yaml` (or sweeps/sweep.ipynb) runs it on
+# a W&B server when W&B is online and its server answers, else with neuronb's local engine (optuna); each trial trains
+# on this project's prepared dataset. `--apply` writes the best parameters into pipeline.yaml's train stage.
+name: {name}
+project: neuronb-{name}
+method: random            # grid, random or bayes
+metric: {{name: valid_accuracy, goal: maximize}}
+parameters:
+  lr: {{min: 0.001, max: 0.03, distribution: log_uniform_values}}
+  bs: {{values: [16, 32, 64]}}
+  width: {{values: [16, 32]}}
+  epochs: {{value: 9}}
+early_terminate: {{type: hyperband, min_iter: 1, eta: 3}}   # stop trials that trail at epochs 1, 3, 9
+run_cap: 12
+"""
+
 def _yaml_str(s) -> str: return json.dumps(str(s), ensure_ascii=False)   # a JSON string is a YAML string
 
 def pipeline_text(name:str, source:str, labels:str, classes:list, dataset:str='images', task:str='classify',
@@ -181,6 +198,7 @@ def init_project(folder, # where to create the project; must be empty or not exi
             if labels not in LABEL_SOURCES: labels = _copy_labels(labels, tmp)
             text = pipeline_text(name or _project_name(folder), _source_spec(data), labels, classes, task=task)
             (tmp/PIPELINE_FILE).write_text(text, encoding='utf-8')
+            (tmp/'sweep.yaml').write_text(_SWEEP.format(name=name or _project_name(folder)), encoding='utf-8')
         _publish(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
