@@ -104,6 +104,7 @@ if "$PY" -c "import torchvision" 2>/dev/null; then
   util_start bench_resnet18
   step bench_resnet18 75 "$PY" bench/train_vs_torch.py "${BENCH3_ARGS[@]}"
   util_stop bench_resnet18 | tee -a "$LOGS/bench_resnet18.txt"
+  step bench_images 150 "$PY" bench/train_images_vs_torch.py $( ((DRY)) && echo --device cpu --images 600 --repeats 1 || echo --device cuda --size 224 --arch resnet18 --precision bf16 --images 6000 --epochs 3 --repeats 2 )
 else
   echo; echo "=== bench_resnet18: FAIL: torchvision is not importable here; carry a torchvision wheel built for this" \
     "machine's torch and python in .whl/" | tee "$LOGS/bench_resnet18.txt"

@@ -64,7 +64,7 @@ class DemoApp:
 
 # %% ../nbs/70_demo.ipynb #4528cb68
 def _open_image(data: bytes):
-    "The uploaded bytes decoded as every reader decodes them; one readable message when they are not an image."
+    "The uploaded bytes decoded as every reader decodes them (to show them); one readable message when they are not an image."
     from neuronb.data.images import decode_image
     try: return decode_image(data, name='that file')
     except DataError as e: raise DataError(f"{e}. Upload a PNG or JPEG picture") from None
@@ -75,8 +75,10 @@ def _as_png(img) -> bytes:
 
 def _predict(self, data: bytes):
     "`(label, probability, probabilities)` for image bytes."
-    from neuronb.train.model import predict_proba
-    probs = predict_proba(self.model, self.cfg, [_open_image(data)])[0]   # decoded once, preprocessed as in training
+    from neuronb.train.model import predict_proba, preprocess
+    try: x = preprocess(bytes(data), self.cfg)   # the bytes decoded exactly as training decoded its images
+    except DataError as e: raise DataError(f"{e}. Upload a PNG or JPEG picture") from None
+    probs = predict_proba(self.model, self.cfg, x)[0]
     best = int(probs.argmax())
     return self.classes[best], float(probs[best]), [float(p) for p in probs]
 DemoApp.predict = _predict

@@ -133,7 +133,7 @@ def test_conversion_chain_keeps_pixels(tmp_path):
     assert canon(t, ['name', 'boxes', 'width', 'height']) == canon(df, ['name', 'boxes', 'width', 'height'])
 
 def test_every_format_is_registered():
-    assert set(FORMATS) == {'toloka', 'mturk', 'crowd', 'labelstudio', 'cvat', 'coco', 'yolo', 'voc'}
+    assert set(FORMATS) == {'toloka', 'mturk', 'crowd', 'labelstudio', 'cvat', 'coco', 'yolo', 'voc', 'table'}
     assert FORMATS['yolo'].folder and not FORMATS['coco'].folder
 
 def test_shipped_crowd_table_is_detected():

@@ -1,6 +1,6 @@
 """Sweeps: config validation, grid coverage, seeded random, hyperband pruning, parallel SQLite workers, the engine choice,
 the W&B engine's wiring, offline trial runs, writing the best parameters back, and the sweep notebook under papermill."""
-import os
+import os, re
 os.environ.setdefault('WANDB_MODE', 'disabled')
 import socket, sys, time, types
 import pytest
@@ -179,7 +179,7 @@ def test_engine_line_and_forced_engines(wandb_env, tmp_path, capsys):
     cfg = {'method': 'grid', 'metric': METRIC, 'parameters': {'x': {'values': [1, 2]}, 'c': {'value': 5}}}
     res = sweep(cfg, toy, storage=f"sqlite:///{tmp_path}/e.db")
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == 'sweep engine: local (WANDB_MODE=disabled: no W&B server is used)'
+    assert out.splitlines()[0] == 'sweep engine: local (WANDB_MODE=disabled: no W&B server is used); objective: toy'
     assert (res.engine, res.best_params, res.best_value) == ('local', {'x': 2, 'c': 5}, 0)
     with pytest.raises(ConfigError, match="the W&B sweep engine was asked for, but WANDB_MODE=disabled"): sweep(cfg, toy, engine='wandb')
     with pytest.raises(ConfigError, match="unknown sweep engine 'optuna'; use auto or one of local, wandb"): sweep(cfg, toy, engine='optuna')
@@ -247,31 +247,33 @@ def project(tmp_path):
 def test_apply_best_keeps_comments_and_other_stages(project):
     f = project.root/'pipeline.yaml'
     before = f.read_text()
-    assert apply_best(project.root/'stages', {'lr': 0.02, 'bs': 64}) == {'epochs': 10, 'lr': 0.02, 'bs': 64}
+    kept = {'epochs': 10, 'frame_ink': True, 'wandb_project': 'neuronb-digits'}   # the example's own train parameters
+    assert apply_best(project.root/'stages', {'lr': 0.02, 'bs': 64}) == {**kept, 'lr': 0.02, 'bs': 64}
     after = f.read_text()
     added = [l for l in after.splitlines() if l not in before.splitlines()]
     assert added == ['      lr: 0.02', '      bs: 64']
     assert [l for l in before.splitlines() if l not in after.splitlines()] == []
     apply_best(project.root, {'lr': 3e-05, 'epochs': 4})
     from neuronb.pipeline.project import load_project
-    assert load_project(project.root).stage('train').parameters == {'epochs': 4, 'lr': 3e-05, 'bs': 64}
+    assert load_project(project.root).stage('train').parameters == {**kept, 'epochs': 4, 'lr': 3e-05, 'bs': 64}
     assert len(f.read_text().splitlines()) == len(after.splitlines())
 
 def test_apply_best_flow_style_and_missing_block(project):
     from neuronb.pipeline.project import load_project
     f = project.root/'pipeline.yaml'
     text = f.read_text()
-    f.write_text(text.replace('    parameters:\n      epochs: 10\n', '    parameters: {epochs: 3}   # quick runs\n'))
+    block = re.search(r'  train:\n(?:    .*\n)*?(    parameters:\n(?:      .*\n)+)', text).group(1)   # the train stage's parameters
+    f.write_text(text.replace(block, '    parameters: {epochs: 3}   # quick runs\n'))
     apply_best(project.root, {'width': 8})
     assert '    parameters:   # quick runs\n      epochs: 3\n      width: 8\n' in f.read_text()
-    f.write_text(text.replace('    parameters:\n      epochs: 10\n', ''))
+    f.write_text(text.replace(block, ''))
     apply_best(project.root, {'width': 8})
     assert load_project(project.root).stage('train').parameters == {'width': 8}
     assert load_project(project.root).stage('demo').parameters == {}
 
 @pytest.mark.parametrize('params,stage,err,msg', [
-    ({'lr': 0.01, 'depth': 3, 'size': 16}, 'train', ConfigError,
-     "stage 'train' (stages/05_train.ipynb) has no parameter(s) 'depth', 'size'; its parameters are epochs, lr, bs, width, seed"),
+    ({'lr': 0.01, 'depth': 3, 'gamma': 16}, 'train', ConfigError,
+     "stage 'train' (stages/05_train.ipynb) has no parameter(s) 'depth', 'gamma'; its parameters are epochs, lr, bs, arch, width, size"),
     ({'depth': 3}, 'train', ConfigError, ": leave those out of the sweep's best parameters, or add them to the notebook's parameters cell"),
     ({'bs': 'big'}, 'train', ParameterError, "bs"),
     ({'lr': 0.01}, 'trian', ConfigError, "no stage named 'trian'"),
@@ -315,7 +317,7 @@ def test_sweep_notebook_runs_and_applies(project):
     assert any('image/png' in o.get('data', {}) for o in outputs)   # the parallel-coordinates plot
     from neuronb.pipeline.project import load_project
     params = load_project(project.root).stage('train').parameters
-    assert set(params) == {'epochs', 'lr', 'width'} and params['epochs'] == 1 and 0.003 <= params['lr'] <= 0.03
+    assert set(params) == {'epochs', 'lr', 'width', 'frame_ink', 'wandb_project'} and params['epochs'] == 1 and 0.003 <= params['lr'] <= 0.03
     after = (project.root/'pipeline.yaml').read_text()
     assert [l for l in after.splitlines() if '#' in l] == [l for l in before.splitlines() if '#' in l]
     assert (project.root/'.neuronb'/'sweeps.db').is_file()

@@ -103,7 +103,8 @@ def decode_image(src, # image bytes, a path, or a binary file object
                  mode:str|None=None, # 'RGB' or 'L' to force one; None: 'L' for gray sources, 'RGB' for the rest
                  background=BACKGROUND, # the colour transparent areas are composited onto
                  max_pixels:int=MAX_PIXELS, # refuse larger images before decoding them
-                 name:str|None=None) -> Image.Image: # the file's name, for error messages
+                 name:str|None=None, # the file's name, for error messages
+                 at_least:int|None=None) -> Image.Image: # a JPEG may be decoded at a reduced scale, no smaller than this on each side
     "`src` decoded as an upright 8-bit 'RGB' or 'L' picture; every reader in neuronb uses this."
     if mode not in (None, 'RGB', 'L'): raise DataError(f"mode {mode!r} is not supported; use 'RGB', 'L' or None")
     img = _open(src, name)
@@ -111,6 +112,7 @@ def decode_image(src, # image bytes, a path, or a binary file object
     try:
         _check_pixels(img, label, max_pixels)
         if getattr(img, 'n_frames', 1) > 1: img.seek(0)
+        if at_least and img.format == 'JPEG': img.draft(img.mode, (at_least, at_least))   # DCT scaling: a big photo decodes several times faster
         img.load()
         return as_8bit(img, mode, background)
     except DataError: raise
@@ -152,6 +154,6 @@ def fit_image(img:Image.Image, # from `decode_image`
 def image_array(src, size:int, channels:int=3, method:str='squish', name:str|None=None) -> np.ndarray:
     "`src` decoded and resized: a uint8 array channels × size × size, as the models take it."
     if channels not in (1, 3): raise DataError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
-    img = fit_image(decode_image(src, mode='L' if channels == 1 else 'RGB', name=name), size, method)
-    a = np.asarray(img)
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    img = fit_image(decode_image(src, mode='L' if channels == 1 else 'RGB', name=name, at_least=size), size, method)
+    a = np.array(img)   # a writable copy: torch takes it without a warning
+    return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))

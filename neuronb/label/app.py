@@ -422,13 +422,12 @@ def _model_folder(store, model_dir) -> Path:
 
 def uncertainty_scores(store, items, model_dir=None, bs=256) -> list:
     "The model's top-class probability for each item, in the order of `items`."
-    from neuronb.data.images import decode_image
     from neuronb.train.model import load_model, predict_proba
     store, items = open_store(store), _as_items(items)
     model, cfg = load_model(_model_folder(store, model_dir))
     probs = []
     for i in range(0, len(items), bs):  # a chunk at a time: a big dataset never sits decoded in memory at once
-        imgs = [decode_image(store.get_object(h, _suffix(n)), name=n) for n, h in items[i:i + bs]]
+        imgs = [store.get_object(h, _suffix(n)) for n, h in items[i:i + bs]]   # bytes: decoded as training decoded them
         probs += predict_proba(model, cfg, imgs, bs=bs).max(1).tolist()
     return probs
 

@@ -24,16 +24,22 @@ class StoreImages(torch.utils.data.Dataset):
                  resize:str='squish'): # how (`fit_image`): 'squish' or 'pad'
         if not (len(hashes) == len(exts) == len(targets)): raise DataError("hashes, exts and targets must have one entry per image")
         self.store_url, self.hashes, self.exts, self.targets = str(store_url), list(hashes), list(exts), [int(t) for t in targets]
-        self.size, self.channels, self.resize, self._store = int(size), int(channels), resize, None
+        self.size, self.channels, self.resize, self._store, self._pid = int(size), int(channels), resize, None, os.getpid()
 
     def __len__(self): return len(self.hashes)
     def __getstate__(self): return {**self.__dict__, '_store': None}   # each process opens the storage itself
 
     @property
     def store(self):
-        if self._store is None:
+        "The storage, opened once per process: a forked DataLoader worker opens its own (fsspec's S3 client is not fork-safe)."
+        if self._store is None or self._pid != os.getpid():
             from neuronb.data.storage import open_store
-            self._store = open_store(self.store_url)
+            forked = self._pid != os.getpid()   # a DataLoader worker, or another process this was sent to
+            if forked:
+                import fsspec.asyn
+                fsspec.asyn.reset_lock()   # the parent's event-loop thread did not survive the fork
+            self._store = open_store(self.store_url, **({'skip_instance_cache': True} if forked else {}))
+            self._pid = os.getpid()
         return self._store
 
     def image(self, i:int) -> np.ndarray:
@@ -104,8 +110,8 @@ class ShardSampler(torch.utils.data.Sampler):
 
 # %% ../../nbs/43_train.data.ipynb #b237f03b
 def default_workers() -> int:
-    "Worker processes for decoding: the CPUs this process may use, at most 4 (decoding small images is cheap)."
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))
+    "Worker processes for decoding: the CPUs this process may use, at most 8."
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))
 
 def _augmenter(size:int):
     "fastai's default augmentations (flips, rotation, zoom, warp, lighting) for batches of `size` px images."
@@ -179,6 +185,12 @@ class ImageLoader:
     @property
     def dataset(self): return self.ds
 
+    def close(self):
+        "Stop the worker processes now (the learner calls this when a fit ends), rather than whenever garbage collection gets to them."
+        it = getattr(self._dl, '_iterator', None)
+        if it is not None and hasattr(it, '_shutdown_workers'): it._shutdown_workers()   # torch's own shutdown, joins the workers
+        self._dl = None
+
 # %% ../../nbs/43_train.data.ipynb #3bca37fa
 def predict_images(model:torch.nn.Module, ds:StoreImages, cfg:dict, # the model's config holds the mean and std
                    bs:int=256, num_workers:int|None=None) -> tuple:
@@ -192,7 +204,7 @@ def predict_images(model:torch.nn.Module, ds:StoreImages, cfg:dict, # the model'
     try:
         with torch.no_grad():
             for x, y in dl: probs.append(torch.softmax(model(x).float(), 1).cpu()); ys.append(y.cpu())
-    finally: model.train(was_training)
+    finally: model.train(was_training); dl.close()
     return torch.cat(probs).numpy(), torch.cat(ys).numpy()
 
 # %% ../../nbs/43_train.data.ipynb #9733e8c9

@@ -166,6 +166,11 @@ def _loaders(x_train, y_train, x_valid, y_valid, bs:int, seed:int, device, rank:
     valid = TensorLoader(x_valid, y_valid, pbs * 2, rank=rank, world_size=world, even=False)
     return DataLoaders(train, valid, device=device)
 
+def _close_loaders(dls):
+    "Stop the decoding worker processes of `dls`' loaders (image loaders have some; tensor loaders none)."
+    for dl in dls.loaders:
+        if hasattr(dl, 'close'): dl.close()
+
 def _model_for(cfg:dict, device, channels_last:bool=False) -> nn.Module:
     "`build_model(cfg)` with the local pretrained weights `cfg['pretrained']` names, if any, on `device`."
     model = build_model(cfg)
@@ -227,6 +232,7 @@ def train_classifier(x_train, y_train, # normalized N×C×S×S floats and int64 
     if _PRECISIONS[precision] is not None: learn.amp = {'device_type': device.type, 'dtype': _PRECISIONS[precision]}
     try: learn.fit_one_cycle(epochs, lr)
     finally:
+        _close_loaders(dls)
         if wandb_project and rank == 0:
             import wandb
             wandb.finish()
@@ -388,7 +394,8 @@ def find_lr(x_train, y_train, x_valid, y_valid, cfg:dict, # tensors, or `StoreIm
     learn = _fastai_learner(dls, _model_for(cfg, device), wd, [], False)
     with tempfile.TemporaryDirectory() as d:
         learn.path = Path(d)   # the finder saves the weights here and restores them afterwards
-        lr = float(learn.lr_find(start_lr, end_lr, num_it, show_plot=False, suggest_funcs=(valley,)).valley)
+        try: lr = float(learn.lr_find(start_lr, end_lr, num_it, show_plot=False, suggest_funcs=(valley,)).valley)
+        finally: _close_loaders(dls)
     return lr, _plot_lr_find(learn.recorder, lr) if show_plot else None
 
 def _plot_lr_find(rec, lr:float):

@@ -143,7 +143,8 @@ def preprocess(img, # a PIL image (any mode, any size) or image bytes
     from neuronb.data.images import as_8bit, decode_image, fit_image
     channels, size = int(cfg.get('in_channels', 1)), int(cfg['size'])
     mode = 'L' if channels == 1 else 'RGB'
-    if isinstance(img, (bytes, bytearray, memoryview)): img = decode_image(img, mode='L' if cfg.get('frame_ink') else mode)
+    if isinstance(img, (bytes, bytearray, memoryview)):   # as training decoded it (`image_array`): a big JPEG at a reduced scale
+        img = decode_image(img, mode='L' if cfg.get('frame_ink') else mode, at_least=None if cfg.get('frame_ink') else size)
     elif isinstance(img, Image.Image): img = as_8bit(img, 'L' if cfg.get('frame_ink') else mode)
     else: raise ModelError(f"preprocess expects a PIL image or image bytes, got {type(img).__name__}; open the file with PIL.Image.open first")
     if cfg.get('frame_ink'): img = _frame_ink(img, size).convert(mode)
