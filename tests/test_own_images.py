@@ -148,6 +148,8 @@ def test_no_labels_yet_starts_with_labeling_and_train_says_how_many_are_missing(
     assert not (tmp_path/'p').exists()
     made = neuronb('init', tmp_path/'p', '--data', tmp_path/'flat', '--labels', 'none', '--classes', 'red fox,blue sky')
     assert made.returncode == 0 and 'neuronb label --dir' in made.stdout, made.stdout + made.stderr
+    early = neuronb('label', '--dir', tmp_path/'p', 'serve', '--annotators', 'alice')   # before anything is ingested
+    assert early.returncode == 1 and 'run `neuronb run --only ingest`' in early.stderr and 'Traceback' not in early.stderr
     run = neuronb('run', tmp_path/'p')
     assert run.returncode == 1
     assert 'training needs at least 5 labels in each of at least two classes: 10 more' in run.stderr, run.stderr

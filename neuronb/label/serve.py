@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio, hashlib, hmac, html, json, os, re, secrets, signal, socket, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
 from pathlib import Path
-from ..core import ConfigError, ParameterError, NeuronbError, atomic_write
+from ..core import ConfigError, DataError, ParameterError, NeuronbError, atomic_write
 
 # %% auto #0
 __all__ = ['JOB_ENV', 'ANNOTATOR_HEADER', 'ANNOTATOR_ENV', 'labeling_settings', 'check_annotators', 'check_overlap',
@@ -119,7 +119,10 @@ def _dataset_items(store, dataset) -> tuple:
     "`(items, version id)`: the `(name, hash)` pairs of the dataset's latest version, by name."
     from neuronb.data.versions import resolve
     from neuronb.label.app import dataset_items
-    head = resolve(store, 'latest', dataset)
+    try: head = resolve(store, 'latest', dataset)
+    except DataError as e:   # a new project: nothing ingested yet
+        raise DataError(f"{e}. The items to label are the images the ingest stage stores: run `neuronb run --only ingest` "
+                        f"in the project first") from None
     return dataset_items(store, dataset, head['id']), head['id']
 
 # %% ../../nbs/24_label.serve.ipynb #332c642d
