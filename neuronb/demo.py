@@ -80,8 +80,18 @@ def _predict(self, data: bytes):
     except DataError as e: raise DataError(f"{e}. Upload a PNG or JPEG picture") from None
     probs = predict_proba(self.model, self.cfg, x)[0]
     best = int(probs.argmax())
+    if self.cfg.get('multi_label'):   # every class at or above the threshold, the surest first
+        thr = float(self.cfg.get('threshold', 0.5))
+        chosen = [self.classes[i] for i in probs.argsort()[::-1] if probs[i] >= thr]
+        return ' + '.join(chosen) or 'none of the classes', float(probs[best]), [float(p) for p in probs]
     return self.classes[best], float(probs[best]), [float(p) for p in probs]
 DemoApp.predict = _predict
+
+def _same_answer(pred:str, label:str, multi:bool) -> bool:
+    "Whether the demo's answer `pred` is the sample's `label` (multi-label: the same set of classes)."
+    if not multi: return str(pred) == str(label)
+    from neuronb.data.prepare import label_lists
+    return set(pred.split(' + ')) == set(label_lists([label])[0])
 
 def _show(self, data: bytes):
     try: label, p, probs = self.predict(data)
@@ -101,7 +111,8 @@ DemoApp._on_upload, DemoApp._on_pick = _on_upload, _on_pick
 def _sample_accuracy(self) -> float|None:
     "Accuracy of the model on the app's sample images (a check that what the demo shows is sane)."
     if not self.samples: return None
-    return sum(str(self.predict(png)[0]) == str(label) for png, label in self.samples) / len(self.samples)
+    multi = bool(self.cfg.get('multi_label'))
+    return sum(_same_answer(self.predict(png)[0], label, multi) for png, label in self.samples) / len(self.samples)
 DemoApp.sample_accuracy = _sample_accuracy
 
 def demo_app(model_dir, samples=()) -> DemoApp:

@@ -293,3 +293,40 @@ def test_the_demo_shows_the_projects_class_names_in_chromium(folders_project, tm
         proc.terminate()
         try: proc.wait(15)
         except subprocess.TimeoutExpired: proc.kill()
+
+
+def make_multilabel(root, n=48, seed=0):
+    "Gray noise pictures with a red disc (top left), a blue square (bottom right) or both; returns {file: classes}."
+    rng, truth = np.random.default_rng(seed), {}
+    for i in range(n):
+        kinds = [['red'], ['blue'], ['blue', 'red']][i % 3]
+        w, h = int(rng.integers(60, 200)), int(rng.integers(60, 200))
+        img = Image.fromarray(np.clip(rng.normal(128, 20, (h, w, 3)), 0, 255).astype(np.uint8))
+        d = ImageDraw.Draw(img)
+        if 'red' in kinds: d.ellipse([2, 2, w // 2, h // 2], fill=(220, 30, 30))
+        if 'blue' in kinds: d.rectangle([w // 2, h // 2, w - 2, h - 2], fill=(30, 30, 220))
+        Path(root).mkdir(parents=True, exist_ok=True)
+        img.save(Path(root)/f'pic {i}.jpg', quality=90)
+        truth[f'pic {i}.jpg'] = kinds
+    return truth
+
+
+def test_multilabel_from_a_table_of_class_lists(tmp_path):
+    truth = make_multilabel(tmp_path/'pics')
+    (tmp_path/'labels.csv').write_text('file,label\n' + ''.join(f'"{f}","{json.dumps(c).replace(chr(34), chr(34) * 2)}"\n'
+                                                               for f, c in truth.items()), encoding='utf-8')
+    make_images(tmp_path/'foldered', n=3)
+    folders = neuronb('init', tmp_path/'x', '--data', tmp_path/'foldered', '--task', 'multilabel')   # class folders: one class each
+    assert folders.returncode == 1 and 'a folder gives each image one' in folders.stderr
+    made = neuronb('init', tmp_path/'p', '--data', tmp_path/'pics', '--labels', tmp_path/'labels.csv', '--task', 'multilabel')
+    assert made.returncode == 0, made.stderr
+    run = neuronb('run', tmp_path/'p', *QUICK[:-4], '-p', 'train.size=32', '-p', 'train.bs=8', '-p', 'train.epochs=8')
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    m = stage_metrics(tmp_path/'p')
+    assert m['train']['test_accuracy'] >= 0.9 and m['train']['test_exact_match'] >= 0.8, m['train']
+    meta = json.loads((tmp_path/'p/data/datasets/images/meta.json').read_text())
+    assert meta['multi_label'] and meta['classes'] == ['blue', 'red'] and meta['class_counts'] == {'blue': 32, 'red': 32}
+    latest = json.loads((tmp_path/'p/data/models/latest.json').read_text())['version']
+    cfg = json.loads((tmp_path/'p/data/models'/latest/'config.json').read_text())
+    assert cfg['multi_label'] and cfg['threshold'] == 0.5
+    assert m['demo']['sample_accuracy'] >= 0.6

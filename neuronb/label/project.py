@@ -126,7 +126,9 @@ def aggregate_project(project, method:str='dawid-skene', # 'dawid-skene' or 'maj
     labels = aggregate(events, method).merge(item_agreement(events)[['item', 'agreement']], on='item', how='left')
     majority = aggregate(events, 'majority').set_index('item').label
     kept = labels[labels.confidence >= min_confidence]
-    table = pd.DataFrame({'hash': kept.item, 'name': kept.item.map(names), 'label': kept.label, 'agreement': kept.agreement.fillna(1.0),
+    from neuronb.data.prepare import label_cell
+    table = pd.DataFrame({'hash': kept.item, 'name': kept.item.map(names), 'label': kept.label.map(label_cell),   # lists as JSON
+                          'agreement': kept.agreement.fillna(1.0),
                           'confidence': kept.confidence.round(4), 'n_votes': kept.n_votes, 'reviewed': kept.reviewed})
     cur = current_labels(events)
     votes = pd.DataFrame({'task': cur.item, 'worker': cur.annotator, 'label': cur.label})[cur.kind != 'skip']

@@ -184,12 +184,14 @@ def init_project(folder, # where to create the project; must be empty or not exi
     if data is None and example is None: example = 'digits'
     if data is not None and example is not None: raise ConfigError("give either --data (your images) or --example, not both")
     if task not in TASKS: raise ConfigError(f"--task {task!r} is unknown; use one of {', '.join(TASKS)}")
-    if task == 'multilabel': raise ConfigError("--task multilabel is not supported yet: training takes one class per image; "
-                                               "use --task classify")
     if example is not None and example not in available_examples():
         raise ConfigError(f"unknown example {example!r}; available: {', '.join(available_examples())}")
     _check_target(folder)
     if data is not None: labels, classes = plan_labels(inspect_source(data), labels, classes)
+    if task == 'multilabel' and labels == 'folders':
+        raise ConfigError("--task multilabel needs labels that can name several classes per image: a folder gives each image one; "
+                          "give a labels table (file,label with a JSON list such as [\"cat\",\"dog\"]) or an export with --labels, "
+                          "or --labels none to label in the app")
     tmp = folder.absolute().with_name(f'.{folder.name}.init-{uuid.uuid4().hex[:8]}')
     try:
         shutil.copytree(_templates()/'project', tmp, ignore=shutil.ignore_patterns('__pycache__', '.ipynb_checkpoints'))

@@ -18,12 +18,13 @@ class StoreImages(torch.utils.data.Dataset):
     "The images a dataset index names, read from project storage and decoded on demand: `(uint8 C×S×S tensor, class index)`."
     def __init__(self, store_url:str, # project storage (`open_store` URL)
                  hashes:list, exts:list, # each item's object hash and extension
-                 targets:list, # each item's class index
+                 targets:list, # each item's class index, or (multi-label) its multi-hot list of 0/1 per class
                  size:int, # the side the images are resized to
                  channels:int=3, # 1: gray, 3: RGB
                  resize:str='squish'): # how (`fit_image`): 'squish' or 'pad'
         if not (len(hashes) == len(exts) == len(targets)): raise DataError("hashes, exts and targets must have one entry per image")
-        self.store_url, self.hashes, self.exts, self.targets = str(store_url), list(hashes), list(exts), [int(t) for t in targets]
+        self.store_url, self.hashes, self.exts = str(store_url), list(hashes), list(exts)
+        self.targets = [[float(v) for v in t] if isinstance(t, (list, tuple)) else int(t) for t in targets]
         self.size, self.channels, self.resize, self._store, self._pid = int(size), int(channels), resize, None, os.getpid()
 
     def __len__(self): return len(self.hashes)
@@ -48,7 +49,9 @@ class StoreImages(torch.utils.data.Dataset):
         data = self.store.get_object(self.hashes[i], self.exts[i])
         return image_array(data, self.size, self.channels, self.resize, name=f"object {self.hashes[i][:12]}…{self.exts[i]}")
 
-    def __getitem__(self, i:int): return torch.from_numpy(self.image(i)), self.targets[i]
+    def __getitem__(self, i:int):
+        t = self.targets[i]
+        return torch.from_numpy(self.image(i)), (torch.tensor(t) if isinstance(t, list) else t)
 
     def spec(self) -> dict:
         "Everything needed to make this dataset again in another process (`StoreImages(**spec)`)."
@@ -59,14 +62,17 @@ def index_images(store, # a `Store` (its URL is kept)
                  df, # the dataset index: hash, label, split, name
                  classes:list, # class names, in the model's order
                  size:int, channels:int=3, resize:str='squish',
-                 split:str|None=None) -> StoreImages: # 'train', 'valid', 'test', or None: every row
+                 split:str|None=None, # 'train', 'valid', 'test', or None: every row
+                 multi_label:bool=False) -> StoreImages: # label cells are JSON lists: multi-hot targets
     "The `StoreImages` of the rows of `df` in `split`."
-    from neuronb.data.prepare import item_exts
+    from neuronb.data.prepare import item_exts, label_lists
     if split is not None: df = df[df.split == split]
     names = [str(c) for c in classes]
-    unknown = sorted(set(df.label.astype(str)) - set(names))
+    lists = label_lists(df.label) if multi_label else [[str(l)] for l in df.label]
+    unknown = sorted({c for l in lists for c in l} - set(names))
     if unknown: raise DataError(f"labels {unknown[:5]} are not among the model's classes {names[:10]}; prepare the dataset again")
-    return StoreImages(store.url, df.hash.tolist(), item_exts(df), [names.index(str(l)) for l in df.label], size, channels, resize)
+    targets = [[float(c in l) for c in names] for l in lists] if multi_label else [names.index(l[0]) for l in lists]
+    return StoreImages(store.url, df.hash.tolist(), item_exts(df), targets, size, channels, resize)
 
 # %% ../../nbs/43_train.data.ipynb #47da0ee1
 def _sample(df, n:int, seed:int=0):
@@ -194,7 +200,7 @@ class ImageLoader:
 # %% ../../nbs/43_train.data.ipynb #3bca37fa
 def predict_images(model:torch.nn.Module, ds:StoreImages, cfg:dict, # the model's config holds the mean and std
                    bs:int=256, num_workers:int|None=None) -> tuple:
-    "`(probabilities N×classes, targets N)` of `model` on `ds`, as numpy arrays."
+    "`(probabilities N×classes, targets N or N×classes)` of `model` on `ds`, as numpy arrays (multi-label: sigmoid, multi-hot)."
     if len(ds) == 0: raise DataError("no images to predict on; check the split")
     dev = next(model.parameters()).device
     dl = ImageLoader(ds, cfg['mean'], cfg['std'], bs=bs, device=dev, num_workers=num_workers)
@@ -203,7 +209,9 @@ def predict_images(model:torch.nn.Module, ds:StoreImages, cfg:dict, # the model'
     probs, ys = [], []
     try:
         with torch.no_grad():
-            for x, y in dl: probs.append(torch.softmax(model(x).float(), 1).cpu()); ys.append(y.cpu())
+            for x, y in dl:
+                out = model(x).float()
+                probs.append((torch.sigmoid(out) if cfg.get('multi_label') else torch.softmax(out, 1)).cpu()); ys.append(y.cpu())
     finally: model.train(was_training); dl.close()
     return torch.cat(probs).numpy(), torch.cat(ys).numpy()
 
@@ -213,7 +221,12 @@ def plot_top_losses_of(probs:np.ndarray, targets:np.ndarray, ds:StoreImages, # f
     "A grid of the `k` highest-loss images of `ds`, titled predicted / actual / loss; the figure."
     import matplotlib.pyplot as plt
     if k < 1: raise ParameterError(f"k must be at least 1, got {k}")
-    losses = -np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, 1))
+    multi = targets.ndim == 2
+    if multi:   # binary cross-entropy per image, averaged over the classes
+        p = np.clip(probs, 1e-12, 1 - 1e-12)
+        losses = -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean(1)
+    else: losses = -np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, 1))
+    name = lambda row, thr=0.5: '+'.join(c for c, v in zip(classes, row) if v >= thr) or '–'
     idx = np.argsort(-losses, kind='stable')[:k]
     nrows = max(1, math.ceil(len(idx) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.4 * nrows), squeeze=False)
@@ -221,7 +234,8 @@ def plot_top_losses_of(probs:np.ndarray, targets:np.ndarray, ds:StoreImages, # f
     for ax, i in zip(axes.flat, idx):
         img = ds.image(int(i))
         ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap='gray' if img.shape[0] == 1 else None)
-        ax.set_title(f"{classes[int(probs[i].argmax())]} / {classes[int(targets[i])]} / {losses[i]:.2f}", fontsize=9)
+        pred, true = (name(probs[i]), name(targets[i])) if multi else (classes[int(probs[i].argmax())], classes[int(targets[i])])
+        ax.set_title(f"{pred} / {true} / {losses[i]:.2f}", fontsize=9)
     fig.suptitle('predicted / actual / loss', fontsize=10)
     fig.tight_layout()
     return fig

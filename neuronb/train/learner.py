@@ -110,14 +110,17 @@ def _wandb_callback(project:str, dir, cfg:dict, hypers:dict):
     wandb.init(project=project, dir=None if dir is None else str(dir), config={**cfg, **hypers}, reinit='finish_previous')
     return WandbCallback(log_preds=False, log_model=False)
 
-def _fastai_learner(dls, model, wd, cbs, progress):
-    "A `TensorLearner` with AdamW, accuracy metric and only the callbacks the loop needs."
+def _fastai_learner(dls, model, wd, cbs, progress, cfg=None):
+    "A `TensorLearner` with AdamW, the loss and metric for `cfg` (one class, or multi-label), and only the callbacks the loop needs."
     from fastai.learner import CastToTensor
-    from fastai.metrics import accuracy
+    from fastai.metrics import accuracy, accuracy_multi
     import fastai.callback.schedule  # patches fit_one_cycle onto Learner
     from fastai.callback.progress import ProgressCallback
     from neuronb.train.lean import TensorLearner, adamw   # fastai is imported here, when a fit starts
-    learn = TensorLearner(dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=adamw, metrics=accuracy, wd=wd, cbs=cbs)
+    if (cfg or {}).get('multi_label'):   # one sigmoid per class; the metric counts each class's yes/no at the threshold
+        loss, metric = nn.BCEWithLogitsLoss(), partial(accuracy_multi, thresh=float(cfg.get('threshold', 0.5)), sigmoid=True)
+    else: loss, metric = nn.CrossEntropyLoss(), accuracy
+    learn = TensorLearner(dls, model, loss_func=loss, opt_func=adamw, metrics=metric, wd=wd, cbs=cbs)
     learn.remove_cb(CastToTensor)   # batches are plain tensors already; skip a per-batch tree walk
     if not progress:
         learn.remove_cb(ProgressCallback)
@@ -228,7 +231,7 @@ def train_classifier(x_train, y_train, # normalized N×C×S×S floats and int64 
         settings = {**hypers, 'patience': patience, 'min_delta': min_delta, 'world_size': world,
                     'n_train': len(x_train), 'n_valid': len(x_valid), 'cfg': cfg}
         fit_cbs.append(checkpoint_callback(checkpoint_dir, settings, resume))
-    learn = _fastai_learner(dls, model, wd, fit_cbs + list(cbs or []), progress and rank == 0)
+    learn = _fastai_learner(dls, model, wd, fit_cbs + list(cbs or []), progress and rank == 0, cfg)
     if _PRECISIONS[precision] is not None: learn.amp = {'device_type': device.type, 'dtype': _PRECISIONS[precision]}
     try: learn.fit_one_cycle(epochs, lr)
     finally:
@@ -391,7 +394,7 @@ def find_lr(x_train, y_train, x_valid, y_valid, cfg:dict, # tensors, or `StoreIm
     set_seed(seed)
     device = torch.device(device) if device is not None else getattr(x_train, 'device', torch.device('cpu'))
     dls = _loaders(x_train, y_train, x_valid, y_valid, bs, seed, device, cfg=cfg, num_workers=num_workers)
-    learn = _fastai_learner(dls, _model_for(cfg, device), wd, [], False)
+    learn = _fastai_learner(dls, _model_for(cfg, device), wd, [], False, cfg)
     with tempfile.TemporaryDirectory() as d:
         learn.path = Path(d)   # the finder saves the weights here and restores them afterwards
         try: lr = float(learn.lr_find(start_lr, end_lr, num_it, show_plot=False, suggest_funcs=(valley,)).valley)

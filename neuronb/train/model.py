@@ -5,6 +5,7 @@
 # %% ../../nbs/40_train.model.ipynb #ec6212f4
 from __future__ import annotations
 import hashlib, json
+from functools import partial
 from pathlib import Path
 import numpy as np
 import torch
@@ -179,7 +180,8 @@ def predict_proba(model:nn.Module, # a model from `build_model` / `load_model`
     dev = next(model.parameters()).device
     try:
         with torch.no_grad():
-            out = [torch.softmax(model(x[i:i+bs].to(dev)).float(), 1).cpu() for i in range(0, len(x), bs)]
+            act = torch.sigmoid if cfg.get('multi_label') else partial(torch.softmax, dim=1)   # multi-label: each class on its own
+            out = [act(model(x[i:i+bs].to(dev)).float()).cpu() for i in range(0, len(x), bs)]
     finally: model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, len(cfg.get('classes', [])) or cfg.get('n_classes', 0)), np.float32)
 
