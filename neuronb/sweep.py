@@ -418,20 +418,15 @@ def _project_data(size:int) -> dict:
     "The working directory's project's prepared dataset as `StoreImages` and its model config at `size` px (0: from the data)."
     from neuronb.pipeline.project import load_project
     from neuronb.data.prepare import read_index, require_ready
-    from neuronb.train.data import index_images, choose_size, choose_channels, channel_stats
+    from neuronb.train.data import dataset_images
     project = load_project(_project_root())
     store = project.store()
     df, meta = read_index(store, project.dataset)
     require_ready(meta)
     key = (str(project.root), meta['version'], size)
     if key in _PROJECT_DATA: return _PROJECT_DATA[key]
-    train_df = df[df.split == 'train']
-    size, channels = size or choose_size(store, train_df), choose_channels(store, train_df)
-    tr, va = (index_images(store, df, meta['classes'], size, channels, split=s) for s in ('train', 'valid'))
-    mean, std = channel_stats(tr)
-    cfg = {'arch': 'simple_cnn', 'n_classes': len(meta['classes']), 'in_channels': channels, 'classes': meta['classes'],
-           'size': size, 'mean': mean, 'std': std, 'data_version': meta['version']}
-    _PROJECT_DATA[key] = {'cfg': cfg, 'train': (tr, None), 'valid': (va, None)}
+    data, cfg = dataset_images(store, df, meta, size, splits=('train', 'valid'))   # as the train stage makes them
+    _PROJECT_DATA[key] = {'cfg': {'arch': 'simple_cnn', **cfg}, 'train': (data['train'], None), 'valid': (data['valid'], None)}
     return _PROJECT_DATA[key]
 
 def project_objective(params:dict, # arch, width, size, lr, bs, epochs, wd, augment, seed (defaults where missing)

@@ -121,8 +121,8 @@ def decode_image(src, # image bytes, a path, or a binary file object
                          f"truncated or corrupt image ({type(e).__name__}: {e})") from None
 
 # %% ../../nbs/10a_data.images.ipynb #76585b1c
-def image_info(src, name:str|None=None) -> dict:
-    "Format (from the content), mode, width, height, frames and a note, read from the header only."
+def _header(src, name=None) -> tuple:
+    "`(image_info's dict, EXIF orientation)` of `src`, from one read of its header."
     with _open(src, name) as img:
         frames = getattr(img, 'n_frames', 1)
         exif = img.getexif().get(0x0112, 1) if hasattr(img, 'getexif') else 1
@@ -130,14 +130,17 @@ def image_info(src, name:str|None=None) -> dict:
                 ([f"EXIF orientation {exif}: turned upright"] if exif not in (1, None) else []) + \
                 (["transparent areas composited onto white"] if _has_alpha(img) else [])
         return {'format': img.format, 'mode': img.mode, 'width': img.width, 'height': img.height,
-                'frames': frames, 'note': '; '.join(notes)}
+                'frames': frames, 'note': '; '.join(notes)}, exif
+
+def image_info(src, name:str|None=None) -> dict:
+    "Format (from the content), mode, width, height, frames and a note, read from the header only."
+    return _header(src, name)[0]
 
 # %% ../../nbs/10a_data.images.ipynb #38650256
 def image_size(src, name:str|None=None) -> tuple:
     "`(width, height)` of `src` as `decode_image` gives it (upright), from the header only."
-    info = image_info(src, name)
-    with _open(src, name) as img: turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    return (info['height'], info['width']) if turned else (info['width'], info['height'])
+    info, orientation = _header(src, name)
+    return (info['height'], info['width']) if orientation in (5, 6, 7, 8) else (info['width'], info['height'])
 
 # %% ../../nbs/10a_data.images.ipynb #eb1bd8d7
 def fit_image(img:Image.Image, # from `decode_image`

@@ -10,8 +10,8 @@ from ..core import DataError, ParameterError, StorageError
 from .storage import open_store, sha256_bytes, table_bytes
 
 # %% auto #0
-__all__ = ['FIRST_COLUMNS', 'split_dataset', 'label_cell', 'label_lists', 'multi_label_split', 'labels_needed', 'require_ready',
-           'write_index', 'read_index', 'object_ext', 'item_exts', 'read_image', 'load_images']
+__all__ = ['FIRST_COLUMNS', 'split_dataset', 'label_cell', 'label_lists', 'class_column', 'multi_label_split', 'labels_needed',
+           'require_ready', 'write_index', 'read_index', 'object_ext', 'item_exts', 'read_image', 'load_images']
 
 # %% ../../nbs/11_data.prepare.ipynb #343cac10
 def _check_fractions(valid, test):
@@ -62,6 +62,12 @@ def label_lists(col) -> list:
     "Each cell of a label column as a list of class names (a JSON list, or one name)."
     return [json.loads(v) if isinstance(v, str) and v.startswith('[') else [str(v)] for v in col]
 
+def class_column(col, multi_label:bool=False):
+    "The class names of a label column as text, one entry per row; multi-label cells give one entry per class they name."
+    import pandas as pd
+    if multi_label: return pd.Series([c for l in label_lists(col) for c in l], dtype=object)
+    return pd.Series(col, dtype=object).astype(str)
+
 def multi_label_split(df, valid=0.15, test=0.15, seed=0):
     "`split_dataset` for multi-label rows, stratified by each row's first class."
     first = [l[0] if l else '' for l in label_lists(df['label'])]
@@ -74,10 +80,8 @@ def labels_needed(labels,               # the aggregated labels: a `label` colum
                   valid=0.15, test=0.15,
                   multi_label:bool=False) -> str: # cells are JSON lists of classes: each class in a list counts
     "'' when `labels` can be split and trained on; else a sentence saying how many labels are still missing."
-    import pandas as pd
     need = max(int(min_per_class), 1 + bool(valid) + bool(test))
-    col = pd.Series([c for l in label_lists(labels['label']) for c in l]) if multi_label and len(labels) else labels['label'] if len(labels) else None
-    counts = col.astype(str).value_counts() if col is not None else {}
+    counts = class_column(labels['label'], multi_label).value_counts() if len(labels) else {}
     names = sorted(set(map(str, classes or [])) | set(counts.keys()))
     have = {c: int(counts.get(c, 0)) for c in names}
     short = {c: need - n for c, n in have.items() if n < need}
@@ -100,12 +104,6 @@ def _jsonable(x):
     "`x` as a plain JSON scalar (numpy numbers included)."
     return x.item() if hasattr(x, 'item') else x
 
-def _class_counts(col, multi_label:bool) -> dict:
-    "`{class: items}`; with multi-label cells an item counts for each of its classes."
-    import pandas as pd
-    if multi_label: col = pd.Series([c for l in label_lists(col) for c in l], dtype=object)
-    return {str(k): int(v) for k, v in col.value_counts().sort_index().items()}
-
 def write_index(store,          # a `Store` or a URL for `open_store`
                 df,             # columns hash, label, split (and any others, e.g. name)
                 name='digits',  # the dataset's name: written under datasets/<name>/
@@ -121,10 +119,10 @@ def write_index(store,          # a `Store` or a URL for `open_store`
     digest = store.put_object(data, '.csv')
     store.write_bytes(f'datasets/{name}/index.csv', data)
     meta = dict(name=name, version=digest[:12], index_sha256=digest, n=len(df),
-                classes=sorted({c for l in label_lists(df.label) for c in l} if multi_label else {str(c) for c in df.label.unique()}),
+                classes=sorted(set(class_column(df.label, multi_label))),
                 ready=not needs, needs=needs, multi_label=bool(multi_label),
                 counts={s: int((df.split == s).sum()) for s in ('train', 'valid', 'test')},
-                class_counts=_class_counts(df.label, multi_label))
+                class_counts={k: int(v) for k, v in class_column(df.label, multi_label).value_counts().sort_index().items()})
     store.write_json(f'datasets/{name}/meta.json', meta)
     return meta
 

@@ -78,7 +78,8 @@ def import_folder_labels(project, dataset=None) -> dict:
     from neuronb.pipeline.init import _class_of
     dataset = _dataset(project, dataset)
     store = project.store()
-    files, version = version_files(store, 'latest', dataset), resolve(store, 'latest', dataset)['id']
+    version = resolve(store, 'latest', dataset)['id']
+    files = version_files(store, version, dataset)
     ev = project_events(store)
     done = set(ev.item[ev.annotator == FOLDER_ANNOTATOR])
     rows = [(n, _class_of(n)) for n, h in files.items() if h not in done]
@@ -116,6 +117,7 @@ def aggregate_project(project, method:str='dawid-skene', # 'dawid-skene' or 'maj
     from neuronb.data.versions import version_files
     from neuronb.label.crowd import fleiss_kappa
     from neuronb.label.events import current_labels
+    from neuronb.data.prepare import label_cell
     store, dataset = project.store(), _dataset(project, dataset)
     names = {h: n for n, h in version_files(store, 'latest', dataset).items()}
     events = project_events(store)
@@ -126,7 +128,6 @@ def aggregate_project(project, method:str='dawid-skene', # 'dawid-skene' or 'maj
     labels = aggregate(events, method).merge(item_agreement(events)[['item', 'agreement']], on='item', how='left')
     majority = aggregate(events, 'majority').set_index('item').label
     kept = labels[labels.confidence >= min_confidence]
-    from neuronb.data.prepare import label_cell
     table = pd.DataFrame({'hash': kept.item, 'name': kept.item.map(names), 'label': kept.label.map(label_cell),   # lists as JSON
                           'agreement': kept.agreement.fillna(1.0),
                           'confidence': kept.confidence.round(4), 'n_votes': kept.n_votes, 'reviewed': kept.reviewed})

@@ -10,7 +10,7 @@ import torch
 from ..core import DataError, ParameterError
 
 # %% auto #0
-__all__ = ['StoreImages', 'index_images', 'choose_size', 'choose_channels', 'channel_stats', 'ShardSampler', 'default_workers',
+__all__ = ['StoreImages', 'index_images', 'choose_shape', 'channel_stats', 'dataset_images', 'ShardSampler', 'default_workers',
            'ImageLoader', 'predict_images', 'plot_top_losses_of']
 
 # %% ../../nbs/43_train.data.ipynb #13c7bf26
@@ -78,21 +78,14 @@ def index_images(store, # a `Store` (its URL is kept)
 def _sample(df, n:int, seed:int=0):
     return df if len(df) <= n else df.sample(n, random_state=seed)
 
-def choose_size(store, df, sample:int=64, lo:int=16, hi:int=128) -> int:
-    "A training image size for the images `df` names: their median shorter side, in multiples of 8, within lo..hi."
-    from neuronb.data.images import image_info
-    from neuronb.data.prepare import item_exts
-    s = _sample(df, sample)
-    sides = [min(i['width'], i['height']) for i in
-             (image_info(store.get_object(h, e)) for h, e in zip(s.hash, item_exts(s)))]
-    if not sides: raise DataError("no images to choose a size from; check that the training split is not empty")
-    return int(min(max(int(np.median(sides)) // 8 * 8, lo), hi))
-
-def choose_channels(store, df, sample:int=64) -> int:
-    "1 when every sampled image decodes to gray, else 3."
+def choose_shape(store, df, sample:int=64, lo:int=16, hi:int=128) -> tuple:
+    "`(size, channels)` for the images `df` names, from one decoded sample: the median shorter side in multiples of 8 within lo..hi, and 1 when all are gray, else 3."
     from neuronb.data.prepare import read_image, item_exts
     s = _sample(df, sample)
-    return 1 if all(read_image(store, h, e).mode == 'L' for h, e in zip(s.hash, item_exts(s))) else 3
+    imgs = [read_image(store, h, e) for h, e in zip(s.hash, item_exts(s))]
+    if not imgs: raise DataError("no images to choose a size from; check that the training split is not empty")
+    size = int(min(max(int(np.median([min(im.size) for im in imgs])) // 8 * 8, lo), hi))
+    return size, 1 if all(im.mode == 'L' for im in imgs) else 3
 
 def channel_stats(ds:StoreImages, sample:int=512, seed:int=0) -> tuple:
     "Per-channel (mean, std) on the 0..1 scale over a sample of `ds`: two lists of `ds.channels` floats."
@@ -100,6 +93,19 @@ def channel_stats(ds:StoreImages, sample:int=512, seed:int=0) -> tuple:
     idx = np.random.default_rng(seed).permutation(len(ds))[:sample]
     x = torch.stack([torch.from_numpy(ds.image(int(i))) for i in idx]).to(torch.float64) / 255
     return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).clamp_min(1e-6).tolist()
+
+# %% ../../nbs/43_train.data.ipynb #7a59020b
+def dataset_images(store, df, meta:dict, # a prepared dataset: `read_index`'s index and meta
+                   size:int=0, # the side images are resized to; 0: `choose_shape`'s
+                   resize:str='squish', splits=('train', 'valid', 'test')) -> tuple:
+    "`({split: StoreImages}, cfg)`: the dataset's splits, and the model config keys its data decide."
+    chosen, channels = choose_shape(store, df[df.split == 'train'])
+    size, multi = size or chosen, bool(meta.get('multi_label'))
+    data = {s: index_images(store, df, meta['classes'], size, channels, resize, split=s, multi_label=multi) for s in splits}
+    mean, std = channel_stats(data['train'])
+    cfg = {'n_classes': len(meta['classes']), 'in_channels': channels, 'classes': meta['classes'], 'size': size, 'resize': resize,
+           'mean': mean, 'std': std, 'data_version': meta['version'], **({'multi_label': True} if multi else {})}
+    return data, cfg
 
 # %% ../../nbs/43_train.data.ipynb #e77c842b
 class ShardSampler(torch.utils.data.Sampler):
