@@ -5,11 +5,13 @@
 # %% ../nbs/00_core.ipynb #85bb12d0
 from __future__ import annotations
 import json, math, os
+from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['RECORD_MIME', 'PIPELINE_FILE', 'NeuronbError', 'ConfigError', 'ParameterError', 'NotebookError', 'StageFailed',
-           'StorageError', 'DataError', 'ModelError', 'record', 'recorded_metrics', 'find_project_dir', 'atomic_write']
+           'StorageError', 'DataError', 'ModelError', 'utc_now', 'record', 'recorded_metrics', 'find_project_dir',
+           'atomic_write']
 
 # %% ../nbs/00_core.ipynb #18c134b7
 class NeuronbError(Exception):
@@ -22,6 +24,11 @@ class StageFailed(NeuronbError): "A stage ran and failed: a cell raised, the ker
 class StorageError(NeuronbError): "A storage location cannot be used (unknown protocol, missing bucket, no credentials)."
 class DataError(NeuronbError): "Input data is unusable (unreadable image, malformed table)."
 class ModelError(NeuronbError): "A saved model is missing, tampered with or does not match its config."
+
+# %% ../nbs/00_core.ipynb #7c29ba9c
+def utc_now(timespec='milliseconds') -> str:
+    "Now, in UTC, as ISO 8601 text (e.g. `2026-12-03T14:05:09.123+00:00`)."
+    return datetime.now(timezone.utc).isoformat(timespec=timespec)
 
 # %% ../nbs/00_core.ipynb #ce42fcae
 RECORD_MIME = 'application/vnd.neuronb.record+json'

@@ -48,12 +48,14 @@ def test_round_trip_identical_predictions(saved):
 def test_config_contents(saved):
     _, cfg, folder, _ = saved
     on_disk = json.loads((folder/'config.json').read_text())
-    assert on_disk == cfg
     assert cfg['format'] == 'neuronb-model/1'
     assert cfg['metrics'] == {'valid_accuracy': 0.98} and cfg['data_version'] == 'abc123'
-    for k in ('classes', 'size', 'mean', 'std', 'weights_sha256'): assert k in cfg
-    assert model_version(cfg) == cfg['weights_sha256'][:12]
-    assert sorted(p.name for p in folder.iterdir()) == ['config.json', 'model.safetensors'], "no temp files left"
+    assert on_disk == {k: v for k, v in cfg.items() if k != 'version'}, "the version is the bundle's hash, not in it"
+    for k in ('classes', 'size', 'mean', 'std'): assert k in cfg
+    manifest = json.loads((folder/'manifest.json').read_text())
+    assert set(manifest['files']) == {'config.json', 'model.safetensors'}
+    assert model_version(cfg) == nm.bundle_version(manifest) and len(model_version(cfg)) == 12
+    assert sorted(p.name for p in folder.iterdir()) == ['config.json', 'manifest.json', 'model.safetensors'], "no temp files left"
 
 
 def test_save_requires_normalization_stats(tmp_path):
@@ -69,10 +71,34 @@ def test_tampered_weights_refused(saved):
     assert str(folder) in str(e.value)
 
 
-def test_shape_mismatch_refused(saved):
-    folder = _break(saved[2], 'wider')
+def _rewrite_config(folder, **changes):
+    "Change config.json in `folder` (the manifest no longer vouches for it)."
     cfg = json.loads((folder/'config.json').read_text())
-    (folder/'config.json').write_text(json.dumps({**cfg, 'width': 16}))
+    (folder/'config.json').write_text(json.dumps({**cfg, **changes}))
+
+
+@pytest.mark.parametrize('changes', [{'classes': [str(i) for i in range(9, -1, -1)]}, {'mean': 0.0}, {'std': [1.0]},
+                                     {'metrics': {'valid_accuracy': 1.0}}, {'size': 16}])
+def test_changed_config_refused_like_changed_weights(saved, changes):
+    "The class list, the normalisation, the metrics: every byte of the config is part of the model."
+    folder = _break(saved[2], 'edited'); _rewrite_config(folder, **changes)
+    with pytest.raises(ModelError, match='config.json does not match its SHA-256 .*changed or replaced after saving') as e:
+        load_model(folder)
+    assert str(folder) in str(e.value) and 're-train' in str(e.value)
+
+
+def test_interrupted_save_refused(saved):
+    "The manifest is written last and removed first: a folder caught mid-save is refused as incomplete."
+    folder = _break(saved[2], 'midsave'); (folder/'manifest.json').unlink()
+    with pytest.raises(ModelError, match='no manifest.json, so it is not a complete neuronb model'): load_model(folder)
+    folder = _break(saved[2], 'badmanifest')
+    for text in ('{"files"', '[]', '{"files": {"config.json": {}}}'):
+        (folder/'manifest.json').write_text(text)
+        with pytest.raises(ModelError, match='manifest.json'): load_model(folder)
+
+
+def test_shape_mismatch_refused(saved):
+    folder = _break(saved[2], 'wider'); _rewrite_config(folder, width=16); nm.write_manifest(folder)
     with pytest.raises(ModelError, match='do not fit the architecture') as e: load_model(folder)
     assert 'vs architecture' in str(e.value) and 're-save' in str(e.value)
 
@@ -87,12 +113,12 @@ def test_missing_folder_and_files_refused(saved, tmp_path):
 
 
 def test_bad_config_refused(saved):
-    folder = _break(saved[2], 'badjson'); (folder/'config.json').write_text('{"format": ')
+    "A config rewritten and re-sealed with a new manifest is still checked itself."
+    folder = _break(saved[2], 'badjson'); (folder/'config.json').write_text('{"format": '); nm.write_manifest(folder)
     with pytest.raises(ModelError, match='not valid JSON'): load_model(folder)
-    cfg = saved[1]
-    folder = _break(saved[2], 'oldformat'); (folder/'config.json').write_text(json.dumps({**cfg, 'format': 'fastai-pkl'}))
+    folder = _break(saved[2], 'oldformat'); _rewrite_config(folder, format='fastai-pkl'); nm.write_manifest(folder)
     with pytest.raises(ModelError, match="expected 'neuronb-model/1'"): load_model(folder)
-    folder = _break(saved[2], 'badarch'); (folder/'config.json').write_text(json.dumps({**cfg, 'arch': 'evil'}))
+    folder = _break(saved[2], 'badarch'); _rewrite_config(folder, arch='evil'); nm.write_manifest(folder)
     with pytest.raises(ModelError, match='known architectures: resnet18, resnet34, resnet50, simple_cnn'): load_model(folder)
     assert issubclass(ModelError, NeuronbError)
 
@@ -115,9 +141,7 @@ def test_pickle_never_loaded(saved, tmp_path):
     folder = _break(saved[2], 'swapped'); (folder/'model.safetensors').write_bytes(payload)
     with pytest.raises(ModelError, match='changed or replaced'): load_model(folder)
     # even with a config vouching for it, the pickle is not a safetensors file: refused, not executed
-    cfg = json.loads((folder/'config.json').read_text())
-    cfg['weights_sha256'] = nm._sha256(folder/'model.safetensors')
-    (folder/'config.json').write_text(json.dumps(cfg))
+    nm.write_manifest(folder)
     with pytest.raises(ModelError, match='not a readable safetensors file'): load_model(folder)
     assert not marker.exists()
 
@@ -144,7 +168,7 @@ def test_resnet18_round_trip(tmp_path):
     np.testing.assert_array_equal(predict_proba(model2, cfg2, x), predict_proba(model, cfg, x))
     assert isinstance(model2.maxpool, torch.nn.Identity) and model2.conv1.stride == (1, 1)
     # a config whose arch does not match the weights is refused, naming the difference
-    (tmp_path/'r18'/'config.json').write_text(json.dumps({**cfg2, 'arch': 'simple_cnn'}))
+    _rewrite_config(tmp_path/'r18', arch='simple_cnn'); nm.write_manifest(tmp_path/'r18')
     with pytest.raises(ModelError, match='do not fit the architecture'): load_model(tmp_path/'r18')
 
 

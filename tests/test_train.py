@@ -39,7 +39,7 @@ def test_two_cpu_processes_save_one_model_as_accurate_as_one_process(digits, sin
     run = train_distributed(*data, cfg, nproc=2, folder=tmp_path/'job', threads=1, timeout=500, **KW)
     # rank 0 alone wrote the model and the history; every rank logged, none failed
     assert run.history['saved_by_rank'] == 0 and run.history['world_size'] == 2
-    assert sorted(p.name for p in (tmp_path/'job/model').iterdir()) == ['config.json', 'model.safetensors']
+    assert sorted(p.name for p in (tmp_path/'job/model').iterdir()) == ['config.json', 'manifest.json', 'model.safetensors']
     assert sorted(p.name for p in (tmp_path/'job').iterdir()) == ['data.safetensors', 'history.json', 'job.json', 'logs', 'model']
     assert sorted(p.name for p in (tmp_path/'job/logs').iterdir()) == ['launcher-node0.log', 'rank0.log', 'rank1.log']
     assert 'rank 1/2: done' in (tmp_path/'job/logs/rank1.log').read_text()

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor, FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from ..core import ConfigError, StageFailed, atomic_write
+from ..core import ConfigError, StageFailed, atomic_write, utc_now
 from .project import Project, load_project, dependencies, check_parameters
 from .fingerprint import HashCache, stage_parts, fingerprint, output_hashes, why_changed
 
@@ -131,7 +131,6 @@ class PipelineRun:
         if bad: raise StageFailed(f"stage {bad.stage!r} failed: {bad.message}; open {bad.notebook} to see it, "
                                   f"fix it, and run again: the stages before it will be reused")
 
-def _now(): return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
 def _new_run_id(): return datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S-') + uuid.uuid4().hex[:4]
 
 # %% ../../nbs/64_pipeline.engine.ipynb #349f4c29
@@ -179,7 +178,7 @@ _Runner.missing_outputs = _missing_outputs
 def _run_stage(self, plan) -> StageOutcome:
     from neuronb.pipeline.runner import run_notebook
     self.start()
-    s, started, i = self.project.stage(plan.stage), _now(), self.index[plan.stage]
+    s, started, i = self.project.stage(plan.stage), utc_now(), self.index[plan.stage]
     rel = lambda p: os.path.relpath(p, self.project.root) if p else None
     out = self.folder/f'{i:02d}_{s.name}.ipynb'
     self.record(plan, 'running', started=started, notebook=rel(out))
@@ -216,7 +215,7 @@ _Runner._current_fp = _current_fp
 
 def _record_reused(self, plan):
     last = plan.last
-    self.record(plan, 'ok', started=_now(), metrics=last.get('metrics'), outputs=last.get('outputs'),
+    self.record(plan, 'ok', started=utc_now(), metrics=last.get('metrics'), outputs=last.get('outputs'),
                 notebook=last.get('notebook'), html=last.get('html'), skipped=True, reused_from=last['run_id'])
 _Runner.record_reused = _record_reused
 

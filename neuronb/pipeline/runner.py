@@ -8,7 +8,7 @@ import ast, difflib, json, keyword, math, threading, time, uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from ..core import NotebookError, ParameterError, StageFailed, atomic_write, recorded_metrics
+from ..core import NotebookError, ParameterError, StageFailed, atomic_write, recorded_metrics, utc_now
 from .kernels import KernelPool, check_kernel, start_kernel, stop_kernel
 
 # %% auto #0
@@ -146,7 +146,7 @@ class StageResult:
 # %% ../../nbs/60_pipeline.runner.ipynb #4dd304a8
 def _status_path(output:Path) -> Path: return output.with_name(output.stem + '.status.json')
 
-def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='seconds')
+
 
 # %% ../../nbs/60_pipeline.runner.ipynb #f95e0bd6
 _INJECTED = ('injected-parameters', 'papermill-error-cell-tag')
@@ -273,7 +273,7 @@ def _check_paths(notebook:Path, output:Path):
 def _status_doc(result:StageResult, source:Path, started:str, parameters:dict, kernel_name:str) -> dict:
     "The content of `<name>.status.json`."
     return {'stage': result.stage, 'status': result.status, 'notebook': str(source), 'output': str(result.notebook),
-            'html': str(result.html) if result.html else None, 'started': started, 'finished': _now(),
+            'html': str(result.html) if result.html else None, 'started': started, 'finished': utc_now(),
             'duration': round(result.duration, 3), 'parameters': parameters, 'kernel_name': kernel_name,
             'metrics': result.metrics, 'error': result.error}
 
@@ -304,7 +304,7 @@ def run_notebook(notebook,                # the stage notebook (.ipynb with a `p
     out.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     partial, klog = out.with_name(f'.{out.stem}.{token}.partial.ipynb'), out.with_name(f'.{out.stem}.{token}.kernel.log')
-    started, t0, stopping = _now(), time.monotonic(), None
+    started, t0, stopping = utc_now(), time.monotonic(), None
     try:
         given = {k: merged[k] for k in parameters or {}}  # only what was given is injected, as validated
         km = _kernel(pool, kernel_name, wd, klog)

@@ -14,9 +14,9 @@ from PIL import Image, ImageOps
 from ..core import ModelError, atomic_write
 
 # %% auto #0
-__all__ = ['ARCHS', 'MODEL_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE', 'conv_bn_relu', 'simple_cnn', 'build_model', 'resnet18',
-           'timm_model', 'preprocess', 'images_to_tensor', 'predict_proba', 'save_model', 'load_model', 'model_version',
-           'load_pretrained']
+__all__ = ['ARCHS', 'MODEL_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE', 'MANIFEST_FILE', 'BUNDLE_FILES', 'conv_bn_relu', 'simple_cnn',
+           'build_model', 'resnet18', 'timm_model', 'preprocess', 'images_to_tensor', 'predict_proba', 'bundle_version',
+           'write_manifest', 'save_model', 'check_bundle', 'load_model', 'model_version', 'load_pretrained']
 
 # %% ../../nbs/40_train.model.ipynb #a50df63a
 def conv_bn_relu(ni:int, # input channels
@@ -187,7 +187,8 @@ def predict_proba(model:nn.Module, # a model from `build_model` / `load_model`
 
 # %% ../../nbs/40_train.model.ipynb #a10adcb6
 MODEL_FORMAT = 'neuronb-model/1'
-WEIGHTS_FILE, CONFIG_FILE = 'model.safetensors', 'config.json'
+WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE = 'model.safetensors', 'config.json', 'manifest.json'
+BUNDLE_FILES = (WEIGHTS_FILE, CONFIG_FILE)   # what the manifest vouches for; the manifest itself is written last
 
 def _sha256(path) -> str:
     "The SHA-256 hex digest of the file at `path`."
@@ -205,7 +206,7 @@ def _json_default(o):
 # %% ../../nbs/40_train.model.ipynb #c0a73d42
 def _full_config(cfg:dict) -> dict:
     "`cfg` with the keys every saved model needs; raises when one cannot be defaulted."
-    cfg = dict(cfg)
+    cfg = {k: v for k, v in cfg.items() if k != 'version'}  # the version is the bundle's hash, never part of it
     cfg.setdefault('arch', 'simple_cnn')
     if 'classes' not in cfg and 'n_classes' in cfg: cfg['classes'] = [str(i) for i in range(cfg['n_classes'])]
     for k in ('classes', 'size', 'mean', 'std'):
@@ -216,44 +217,71 @@ def _full_config(cfg:dict) -> dict:
     cfg.setdefault('n_classes', len(cfg['classes']))
     return cfg
 
+def bundle_version(manifest:dict) -> str:
+    "A saved model's id: the first 12 hex digits of the SHA-256 over its manifest's file hashes."
+    files = json.dumps(manifest['files'], sort_keys=True, separators=(',', ':'))
+    return hashlib.sha256(files.encode()).hexdigest()[:12]
+
+def write_manifest(folder) -> dict:
+    "Hash every file of the model in `folder` into its `manifest.json`; returns the manifest."
+    folder = Path(folder)
+    manifest = {'format': MODEL_FORMAT, 'files': {n: {'sha256': _sha256(folder/n), 'bytes': (folder/n).stat().st_size}
+                                                  for n in BUNDLE_FILES}}
+    atomic_write(folder/MANIFEST_FILE, json.dumps(manifest, indent=2) + '\n')
+    return manifest
+
 def save_model(model:nn.Module, # the trained model
                cfg:dict, # its config; every key is kept in config.json
                folder) -> dict: # created if missing
-    "Write `model.safetensors` and `config.json` into `folder` atomically; returns the full config as written."
+    "Write `model.safetensors`, `config.json` and the `manifest.json` over both into `folder`; returns the config with its `version`."
     from safetensors.torch import save
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    (folder/MANIFEST_FILE).unlink(missing_ok=True)   # a half-rewritten folder must not pass for the old model
     cfg = _full_config(cfg)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    wpath = folder/WEIGHTS_FILE
-    atomic_write(wpath, save(sd, metadata={'format': MODEL_FORMAT}))
-    cfg.update(format=MODEL_FORMAT, weights_file=WEIGHTS_FILE, weights_sha256=_sha256(wpath))
+    atomic_write(folder/WEIGHTS_FILE, save(sd, metadata={'format': MODEL_FORMAT}))
+    cfg.update(format=MODEL_FORMAT, weights_file=WEIGHTS_FILE)
     text = json.dumps(cfg, indent=2, default=_json_default)
     atomic_write(folder/CONFIG_FILE, text + '\n')
-    return json.loads(text)   # exactly what load_model will see: plain JSON types
+    return {**json.loads(text), 'version': bundle_version(write_manifest(folder))}  # exactly what load_model will see
+
 
 # %% ../../nbs/40_train.model.ipynb #f655702e
-def _read_config(folder:Path) -> dict:
-    "The parsed, format-checked config.json of the model in `folder`."
+def _read_json(path:Path, what:str):
+    "The parsed JSON at `path`, or a ModelError saying `what` it should have been."
+    try: return json.loads(path.read_text(encoding='utf-8'))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path} is not valid JSON ({e}); restore {what} or re-save the model with save_model") from None
+
+def check_bundle(folder) -> str:
+    "The version of the model in `folder` after checking every file against its manifest; raises a ModelError naming the first bad one."
+    folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"no model folder at {folder}; train a model first (the pipeline's train stage) or fix the path")
+    path = folder/MANIFEST_FILE
+    if not path.is_file():
+        raise ModelError(f"{folder} has no {MANIFEST_FILE}, so it is not a complete neuronb model (saved by an older neuronb, "
+                         f"or its save was interrupted); re-save it with save_model or re-train")
+    manifest = _read_json(path, 'it')
+    files = manifest.get('files') if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or any(not isinstance(files.get(n), dict) for n in BUNDLE_FILES):
+        raise ModelError(f"{path} does not list {' and '.join(BUNDLE_FILES)} with their hashes; re-save the model with save_model")
+    for name in BUNDLE_FILES:
+        f = folder/name
+        if not f.is_file(): raise ModelError(f"{f} is missing; re-save the model with save_model")
+        if _sha256(f) != files[name].get('sha256'):
+            raise ModelError(f"{f} does not match its SHA-256 in {path}: it was changed or replaced after saving. "
+                             f"Refusing to load the model; restore the original files or re-train")
+    return bundle_version(manifest)
+
+def _read_config(folder:Path) -> dict:
+    "The parsed, format-checked config.json of the (manifest-checked) model in `folder`."
     path = folder/CONFIG_FILE
-    if not path.is_file(): raise ModelError(f"{path} is missing; {folder} is not a saved neuronb model: save it with save_model")
-    try: cfg = json.loads(path.read_text(encoding='utf-8'))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path} is not valid JSON ({e}); restore it or re-save the model with save_model") from None
+    cfg = _read_json(path, 'it')
     if not isinstance(cfg, dict) or cfg.get('format') != MODEL_FORMAT:
         fmt = cfg.get('format') if isinstance(cfg, dict) else None
         raise ModelError(f"{path} has format {fmt!r}, expected {MODEL_FORMAT!r}; re-save the model with save_model")
     return cfg
-
-def _check_weights(folder:Path, cfg:dict) -> Path:
-    "The weights file, after checking it exists and its hash is the one the config recorded."
-    path = folder/WEIGHTS_FILE
-    if not path.is_file(): raise ModelError(f"{path} is missing; re-save the model with save_model")
-    if _sha256(path) != cfg.get('weights_sha256'):
-        raise ModelError(f"{path} does not match the weights_sha256 in {folder/CONFIG_FILE}: the weights were changed or "
-                         f"replaced after saving. Refusing to load them; restore the original files or re-train")
-    return path
 
 def _check_state_dict(model:nn.Module, sd:dict, folder:Path):
     "Raise a ModelError naming every tensor whose name or shape differs from the architecture's."
@@ -266,25 +294,27 @@ def _check_state_dict(model:nn.Module, sd:dict, folder:Path):
         raise ModelError(f"the weights in {folder} do not fit the architecture its config.json describes ({shown}); "
                          f"the config was edited or belongs to another model: re-save the model with save_model")
 
+
 # %% ../../nbs/40_train.model.ipynb #18247a13
 def load_model(folder) -> tuple: # a folder written by `save_model`
-    "The model (eval mode, CPU) and its config, loaded without unpickling anything."
+    "The model (eval mode, CPU) and its config (with its `version`), loaded without unpickling anything."
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     folder = Path(folder)
+    version = check_bundle(folder)
     cfg = _read_config(folder)
-    wpath = _check_weights(folder, cfg)
     model = build_model(cfg)
-    try: sd = load_file(str(wpath), device='cpu')
-    except SafetensorError as e: raise ModelError(f"{wpath} is not a readable safetensors file ({e}); re-save the model") from None
+    try: sd = load_file(str(folder/WEIGHTS_FILE), device='cpu')
+    except SafetensorError as e: raise ModelError(f"{folder/WEIGHTS_FILE} is not a readable safetensors file ({e}); re-save the model") from None
     _check_state_dict(model, sd, folder)
     model.load_state_dict(sd)
-    return model.eval(), cfg
+    return model.eval(), {**cfg, 'version': version}
 
 def model_version(cfg:dict) -> str:
-    "A short id of a saved model: the first 12 hex digits of its weights' SHA-256."
-    if not cfg.get('weights_sha256'): raise ModelError("this config has no weights_sha256: save the model with save_model first")
-    return cfg['weights_sha256'][:12]
+    "The version of a model's config as `save_model` or `load_model` return it: the hash of its bundle."
+    if not cfg.get('version'): raise ModelError("this config has no version: save the model with save_model, or load it with load_model")
+    return cfg['version']
+
 
 # %% ../../nbs/40_train.model.ipynb #86ed4eb6
 def _read_state_dict(path:Path) -> dict:

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/45_train.registry.ipynb #f43ee14a
 from __future__ import annotations
-import json, os, tempfile
+import json, os, re, tempfile
 from pathlib import Path
 from ..core import ModelError, atomic_write
 
@@ -12,7 +12,7 @@ from ..core import ModelError, atomic_write
 __all__ = ['MODEL_FILES', 'publish_model', 'resolve_version', 'fetch_model']
 
 # %% ../../nbs/45_train.registry.ipynb #38aeb23b
-MODEL_FILES = ('model.safetensors', 'config.json')
+MODEL_FILES = ('model.safetensors', 'config.json', 'manifest.json')  # the manifest last: it vouches for the others
 
 def publish_model(store,   # project storage (`neuronb.data.storage.Store`)
                   folder): # a folder written by `save_model`
@@ -26,21 +26,38 @@ def publish_model(store,   # project storage (`neuronb.data.storage.Store`)
     return cfg
 
 # %% ../../nbs/45_train.registry.ipynb #9466ccbc
-def resolve_version(store, version='latest') -> str:
-    "The version that `version` ('latest' or a version id) names in `store`."
-    if version != 'latest': return version
-    if not store.exists('models/latest.json'):
+_VERSION = re.compile(r'[0-9a-f]{12}')
+
+def _pointer(store, name='latest') -> str:
+    "The version the pointer `models/<name>.json` names, or a ModelError saying what is wrong with it."
+    path = f'models/{name}.json'
+    if not store.exists(path):
         raise ModelError(f"no model has been published to {store.url} yet; run the train stage first "
                          f"(`neuronb run --only train`)")
-    return store.read_json('models/latest.json')['version']
+    fix = f"publish a model again (`neuronb run --only train --force`) or delete {store.url}/{path}"
+    try: doc = json.loads(store.read_bytes(path))
+    except (ValueError, UnicodeDecodeError) as e: raise ModelError(f"{store.url}/{path} is not valid JSON ({e}); {fix}") from None
+    version = doc.get('version') if isinstance(doc, dict) else None
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        raise ModelError(f"{store.url}/{path} does not name a model version (expected {{\"version\": \"<12 hex digits>\"}}, "
+                         f"found {json.dumps(doc)[:80]}); {fix}")
+    return version
+
+def resolve_version(store, version='latest') -> str:
+    "The version that `version` ('latest' or a version id) names in `store`."
+    if version == 'latest': return _pointer(store)
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        raise ModelError(f"{version!r} is not a model version: a version is 12 hex digits, as `neuronb show` prints them")
+    return version
 
 def fetch_model(store, version='latest', cache=None) -> Path:
-    "A local folder holding the published model `version` of `store`."
+    "A local folder holding the published model `version` of `store` (checked by `load_model` when it is read)."
     version = resolve_version(store, version)
-    if not store.exists(f'models/{version}/config.json'):
-        raise ModelError(f"model version {version!r} is not in {store.url}; `neuronb` lists published models in models/")
+    if not store.exists(f'models/{version}/manifest.json'):
+        raise ModelError(f"model version {version!r} is not in {store.url} (or was published incompletely); "
+                         f"published models are under {store.url}/models/")
     if store.is_local: return Path(store.path('models', version))
     folder = Path(cache or Path(tempfile.gettempdir())/'neuronb-models')/version
-    if not (folder/'config.json').exists():
+    if not (folder/'manifest.json').exists():
         for name in MODEL_FILES: atomic_write(folder/name, store.read_bytes(f'models/{version}/{name}'))
     return folder
