@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb #0d2f2c18
 from __future__ import annotations
-import argparse, os, sys, time
+import argparse, os, signal, sys, threading, time
 from pathlib import Path
 from .core import NeuronbError
 
@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                    help='run this stage and everything downstream of it, even if up to date')
     s.add_argument('--force', action='store_true', help='run every considered stage even if it is up to date')
     s.add_argument('-j', '--jobs', type=int, default=1, metavar='N', help='run up to N independent stages at once (default: 1)')
+    s.add_argument('--wait', action='store_true', help='if another writer holds the project, wait for it instead of refusing')
     s = sub.add_parser('demo', help='serve the demo notebook as a web app with Voila',
                        description='Serve the project\'s demo notebook (and nothing else) with Voila and print its link.')
     s.add_argument('dir', metavar='DIR', nargs='?', default='.', help='the project folder (default: current folder)')
@@ -97,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--timeout', type=float, default=2.0, help='seconds the W&B server gets to answer (default: 2)')
     s.add_argument('--apply', action='store_true', help="write the best parameters into pipeline.yaml's stage parameters")
     s.add_argument('--stage', default='train', help='the stage --apply writes to (default: train)')
+    s.add_argument('--wait', action='store_true', help='if another writer holds the project, wait for it instead of refusing (--apply)')
     s.add_argument('--objective', default=None, help="'package.module:function' to optimize (default: the digits example)")
     s.add_argument('--seed', type=int, default=None, help='sampler seed, for reproducible random/bayes searches')
     _data_parser(sub)
@@ -209,6 +211,7 @@ def _train_parser(sub):
     t.add_argument('--node-rank', type=int, default=0, help="this machine's rank in a --join job (default: 0)")
     t.add_argument('--rdzv-endpoint', default=None, metavar='HOST:PORT', help='the rendezvous endpoint of a --join job')
     t.add_argument('--timeout', type=float, default=None, help='seconds before a --join job is stopped (default: none)')
+    t.add_argument('--wait', action='store_true', help='if another writer holds the project, wait for it instead of refusing')
     return t
 
 def _ancestors(project, name) -> list:
@@ -236,7 +239,7 @@ def cmd_train(args):
     if args.nproc is not None: over.setdefault('train', {})['nproc'] = args.nproc
     if args.find_lr: over.setdefault('train', {})['find_lr'] = True
     if args.resume: over.setdefault('train', {})['resume'] = True
-    run = run_pipeline(project, overrides=over, only=_ancestors(project, 'train'), argv=sys.argv[1:])
+    run = run_pipeline(project, overrides=over, only=_ancestors(project, 'train'), argv=args.argv, wait=args.wait)
     if run.run_id is None:
         print("The train stage is up to date; `neuronb run --from train` reruns it anyway.")
         return 0
@@ -262,8 +265,9 @@ def cmd_run(args):
     from neuronb.pipeline.engine import run_pipeline, summary_table
     project = load_project(args.dir)
     start = time.time()
+    if args.jobs < 1: raise NeuronbError(f"--jobs must be 1 or more (stages to run at once), not {args.jobs}")
     run = run_pipeline(project, overrides=parse_overrides(args.param), only=args.only, from_=args.from_,
-                       force=args.force, jobs=args.jobs, argv=sys.argv[1:])
+                       force=args.force, jobs=args.jobs, argv=args.argv, wait=args.wait)
     if run.run_id is None:
         print(f"Everything is up to date ({time.time()-start:.2f}s); `neuronb run --force` reruns it anyway.")
         return 0
@@ -346,7 +350,11 @@ def cmd_sweep(args):
     where = '' if res.engine == 'wandb' else ' --storage <the same database URL>'
     print(f"study {res.study_name!r}; add trials from another machine with: neuronb sweep {args.config} --join {res.study_name}{where}")
     if args.apply:
-        params = apply_best(find_project_dir(), res.best_params, args.stage)
+        from neuronb.pipeline.project import load_project
+        from neuronb.pipeline.lock import ProjectLock
+        project = load_project(find_project_dir())
+        with ProjectLock(project.store(), 'neuronb sweep --apply', wait=args.wait):
+            params = apply_best(project.root, res.best_params, args.stage)
         print(f"pipeline.yaml: stage {args.stage!r} now runs with {params}")
     return 0
 
@@ -403,13 +411,16 @@ def main(argv=None) -> int:
     "Run the `neuronb` command line; returns the exit status."
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]   # what the registry and the project lock record
     if not args.command:
         parser.print_help()
         return 2
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (a scheduler, `kill`) stops what Ctrl-C stops
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try: return _COMMANDS[args.command](args) or 0
     except NeuronbError as e:
         print(f"neuronb {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"neuronb {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"neuronb {args.command}: interrupted" + (f": {e}" if str(e) else ''), file=sys.stderr)
         return 130

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/64_pipeline.engine.ipynb #d5c42455
 from __future__ import annotations
-import json, os, sys, threading, time, uuid
+import json, os, shlex, sys, tempfile, threading, time, uuid
 from concurrent.futures import ThreadPoolExecutor, FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,7 +15,7 @@ from .fingerprint import HashCache, stage_parts, fingerprint, output_hashes, why
 
 # %% auto #0
 __all__ = ['StagePlan', 'plan_stage', 'pipeline_status', 'downstream', 'select_stages', 'StageOutcome', 'PipelineRun',
-           'run_pipeline', 'summary_table', 'toy_project']
+           'check_storage', 'bury_dead_runs', 'run_pipeline', 'RunInterrupted', 'summary_table', 'toy_project']
 
 # %% ../../nbs/64_pipeline.engine.ipynb #2c7b1417
 @dataclass
@@ -106,7 +106,7 @@ def select_stages(project, only=None, from_=None, force=False) -> tuple:
 class StageOutcome:
     "What happened to one stage in a pipeline run."
     stage: str
-    status: str                 # 'ok' | 'reused' | 'error' | 'dead' | 'timeout' | 'blocked'
+    status: str                 # 'ok' | 'reused' | 'error' | 'dead' | 'timeout' | 'interrupted' | 'blocked'
     duration: float = 0.0
     metrics: dict = field(default_factory=dict)
     notebook: Path|None = None
@@ -122,6 +122,8 @@ class PipelineRun:
     outcomes: list = field(default_factory=list)
     @property
     def ok(self): return all(o.status in ('ok', 'reused') for o in self.outcomes)
+    @property
+    def interrupted(self): return any(o.status == 'interrupted' for o in self.outcomes)
     @property
     def ran(self): return [o for o in self.outcomes if o.status not in ('reused', 'blocked')]
     def outcome(self, stage): return next(o for o in self.outcomes if o.stage == stage)
@@ -142,6 +144,8 @@ class _Runner:
         self.registry, self.cache, self.store = _registry(project), _cache(project), _store_opener(project)
         self.run_id = self.folder = None
         self.lock, self.reused = threading.RLock(), []
+        from neuronb.pipeline.runner import Interrupt
+        self.interrupt = Interrupt()   # Ctrl-C / SIGTERM: fired from the main thread, reaches the stages' kernels
         self.index = {s.name: i for i, s in enumerate(project.stages, 1)}
 
     def say(self, msg):
@@ -184,8 +188,8 @@ def _run_stage(self, plan) -> StageOutcome:
     self.record(plan, 'running', started=started, notebook=rel(out))
     self.say(f"[{i}/{len(self.index)}] {s.name:<10} running ({plan.reason or 'forced'})")
     res = run_notebook(self.project.root/s.notebook, out, plan.parameters, stage=s.name, kernel_name=self.project.kernel,
-                       timeout=s.timeout or self.project.timeout, pool=self.pool or None)
-    status, error, outputs = res.status, res.error, {}
+                       timeout=s.timeout or self.project.timeout, pool=self.pool or None, interrupt=self.interrupt)
+    status, error, outputs = res.status, res.error, {}  # an interrupted stage's outputs are not recorded: nothing is reused
     if status == 'ok':
         outputs, missing = self.missing_outputs(s)
         if missing:
@@ -234,33 +238,91 @@ def _schedule(self, considered, forced, jobs) -> list:
     pending, running = list(considered), {}
     with ThreadPoolExecutor(max_workers=jobs) as ex:
         while pending or running:
-            for name in list(pending):
-                if len(running) >= jobs: break
-                blockers = [d for d in deps[name] if done.get(d) and done[d].status not in ('ok', 'reused')]
-                if blockers:
-                    pending.remove(name)
-                    done[name] = StageOutcome(name, 'blocked', reason=f"{blockers[0]!r} did not succeed")
-                    self.say(f"[{self.index[name]}/{len(self.index)}] {name:<10} not run: {blockers[0]!r} did not succeed")
-                    continue
-                if any(d in pending or d in running.values() for d in deps[name]): continue
-                pending.remove(name)
-                plan = self.plan(name, fps, forced)
-                fps[name] = plan.fingerprint
-                if plan.state == 'fresh' and name not in forced: done[name] = self.reuse(plan)
-                else: running[ex.submit(self.run_stage, plan)] = name
-            if running:
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    o = done[running.pop(fut)] = fut.result()
-                    i = self.index[o.stage]
-                    self.say(f"[{i}/{len(self.index)}] {o.stage:<10} {o.status} in {o.duration:.1f}s {_fmt_metrics(o.metrics)}"
-                             + (f" — {o.message}" if o.message else ''))
-    return [done[n] for n in considered]
+            try:
+                if self.interrupt.fired: pending.clear()   # nothing new starts once interrupted
+                self.submit_ready(ex, pending, running, done, deps, fps, forced, jobs)
+                if running: self.collect(running, done)
+            except KeyboardInterrupt: self.on_interrupt(running)
+    return [done.get(n) or StageOutcome(n, 'blocked', reason='the run was interrupted') for n in considered]
 _Runner.schedule = _schedule
+
+def _submit_ready(self, ex, pending, running, done, deps, fps, forced, jobs):
+    "Start (or reuse, or block) every pending stage whose upstream stages are done, up to `jobs` running."
+    for name in list(pending):
+        if len(running) >= jobs: break
+        blockers = [d for d in deps[name] if done.get(d) and done[d].status not in ('ok', 'reused')]
+        if blockers:
+            pending.remove(name)
+            done[name] = StageOutcome(name, 'blocked', reason=f"{blockers[0]!r} did not succeed")
+            self.say(f"[{self.index[name]}/{len(self.index)}] {name:<10} not run: {blockers[0]!r} did not succeed")
+            continue
+        if any(d in pending or d in running.values() for d in deps[name]): continue
+        plan = self.plan(name, fps, forced)
+        pending.remove(name)
+        fps[name] = plan.fingerprint
+        if plan.state == 'fresh' and name not in forced: done[name] = self.reuse(plan)
+        else: running[ex.submit(self.run_stage, plan)] = name
+_Runner.submit_ready = _submit_ready
+
+def _collect(self, running, done):
+    "Wait for a running stage to finish and report it."
+    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+    for fut in finished:
+        o = done[running.pop(fut)] = fut.result()
+        i = self.index[o.stage]
+        self.say(f"[{i}/{len(self.index)}] {o.stage:<10} {o.status} in {o.duration:.1f}s {_fmt_metrics(o.metrics)}"
+                 + (f" — {o.message}" if o.message else ''))
+_Runner.collect = _collect
+
+def _on_interrupt(self, running):
+    "Ctrl-C or SIGTERM: interrupt the running stages' kernels (kill them the second time); start nothing more."
+    self.interrupt.fire()
+    names = ', '.join(sorted(running.values())) or 'nothing running'
+    self.say(f"Interrupting {names}: nothing they produce is kept. Ctrl-C again stops the kernels at once."
+             if self.interrupt.count == 1 else f"Stopping the kernels of {names} now.")
+_Runner.on_interrupt = _on_interrupt
 
 def _fmt_metrics(metrics, limit=3):
     items = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(metrics.items())[:limit]]
     return ' '.join(items)
+
+# %% ../../nbs/64_pipeline.engine.ipynb #dcd588f5
+def check_storage(project):
+    "The project's storage, opened, after checking that stages can write to it; else a StorageError naming `storage:`."
+    from neuronb.core import StorageError
+    where, yaml = project.storage, project.root/'pipeline.yaml'
+    fix = f"fix it, or point `storage:` in {yaml} at a folder (or bucket) you can write to"
+    if '://' not in where or where.startswith('file://'):
+        path = Path(where.removeprefix('file://')).expanduser()
+        path = path if path.is_absolute() else project.root/path
+        if path.exists() and not path.is_dir(): raise StorageError(f"storage: {where!r} is {path}, which is a file, not a folder; {fix}")
+        try: path.mkdir(parents=True, exist_ok=True)
+        except OSError as e: raise StorageError(f"storage: {where!r} ({path}) does not exist and cannot be created ({e.strerror}); {fix}") from None
+        try: tempfile.TemporaryFile(dir=path).close()
+        except OSError as e: raise StorageError(f"storage: {where!r} ({path}) is not writable ({e.strerror}); {fix}") from None
+    try: return project.store()
+    except StorageError as e: raise StorageError(f"storage: {where!r} in {yaml} cannot be used: {e}") from None
+
+def _partial_files(folder:Path) -> list:
+    "What a run that died mid-stage leaves in its folder: half-written notebooks, kernel logs, temporary files."
+    if not folder.is_dir(): return []
+    return [p for p in folder.iterdir() if p.name.startswith('.') and p.name.endswith(('.partial.ipynb', '.kernel.log', '.tmp'))]
+
+def bury_dead_runs(project, registry, echo=print) -> list:
+    "Mark the project's runs still recorded as running `dead` and remove their partial files (call it holding the lock)."
+    from neuronb.pipeline.lock import process_alive
+    buried = []
+    for r in registry.runs(project.name, limit=50):
+        if r['status'] not in ('running', 'dead') or r.get('finished'): continue
+        if process_alive(r.get('info') or {}): continue   # a live process on this machine: never ours to bury
+        gone = _partial_files(Path(r['folder']))
+        for p in gone: p.unlink(missing_ok=True)
+        registry.finish_run(r['run_id'], 'dead')
+        info = r.get('info') or {}
+        if echo: echo(f"Run {r['run_id']} (pid {info.get('pid', '?')} on {info.get('host', '?')}) had died; marked dead"
+                      + (f", removed {len(gone)} partial file(s)" if gone else ''), flush=True)
+        buried.append(r['run_id'])
+    return buried
 
 # %% ../../nbs/64_pipeline.engine.ipynb #62f3d840
 def run_pipeline(project,            # a `Project`, or a path inside one
@@ -270,36 +332,54 @@ def run_pipeline(project,            # a `Project`, or a path inside one
                  force=False,        # run every considered stage even if it is fresh
                  jobs=1,             # how many independent stages may run at once
                  echo=print,         # where progress lines go; None for silence
-                 argv=None,          # the command line, for the registry
-                 pool=None):         # a `KernelPool` to take kernels from; None: one of `jobs` kernels started ahead;
+                 argv=None,          # the command line, for the registry and the project lock
+                 pool=None,          # a `KernelPool` to take kernels from; None: one of `jobs` kernels started ahead;
                                      # False: a fresh kernel per stage
+                 wait=False):        # another writer holds the project: wait for it (else `ProjectBusy` at once)
     "Run the stages that are not up to date, in dependency order; every executed notebook is kept under `runs/`."
+    from neuronb.pipeline.lock import ProjectLock, TOKEN_ENV
     project = project if isinstance(project, Project) else load_project(project)
     considered, forced = select_stages(project, only, from_, force)
     params = check_parameters(project, overrides, [project.stage(n) for n in considered])
     others = [s for s in project.stages if s.name not in params]  # only fingerprinted, with the file's parameters
     if others: params.update(check_parameters(project, None, others))
+    jobs = min(max(1, int(jobs)), len(considered) or 1)   # never more threads and kernels than stages
     os.environ.setdefault('WANDB_MODE', 'offline')
-    r = _Runner(project, params, echo, argv, pool, max(1, int(jobs)) if pool is not False else 0)
-    try:
-        if any(p.startswith(('store:', 'dataset:')) for s in project.stages for p in s.inputs + s.outputs):
-            r.store()  # a missing bucket or missing credentials: one clear message before anything runs
-        outcomes = r.schedule(considered, set(forced), max(1, int(jobs)))
-        run = PipelineRun(r.run_id, r.folder, outcomes)
-        if r.run_id: _finish(r, run, 'ok' if run.ok else 'failed')
-        return run
-    except KeyboardInterrupt:
-        if r.run_id: r.registry.finish_run(r.run_id, 'interrupted')
-        raise
-    finally:
-        if r.own_pool: r.own_pool.shutdown()
-        r.registry.close(); r.cache.save()
+    store = check_storage(project)   # missing, a file, read-only, no bucket, no credentials: one message, nothing run
+    command = 'neuronb ' + shlex.join(argv) if argv is not None else f'run_pipeline({project.name!r})'
+    with ProjectLock(store, command, wait=wait, echo=echo or (lambda *a, **k: None)) as lock:
+        token, os.environ[TOKEN_ENV] = os.environ.get(TOKEN_ENV), lock.token or os.environ.get(TOKEN_ENV, '')
+        r = _Runner(project, params, echo, argv, pool, jobs if pool is not False else 0)
+        r.store = lambda: store
+        try:
+            if lock.token: bury_dead_runs(project, r.registry, echo)
+            outcomes = r.schedule(considered, set(forced), jobs)
+            run = PipelineRun(r.run_id, r.folder, outcomes)
+            if r.run_id: _finish(r, run, 'interrupted' if r.interrupt.fired else 'ok' if run.ok else 'failed')
+            if r.interrupt.fired: raise RunInterrupted(run)
+            return run
+        except KeyboardInterrupt:
+            if r.run_id and not r.interrupt.fired: r.registry.finish_run(r.run_id, 'interrupted')
+            raise
+        finally:
+            if token is None: os.environ.pop(TOKEN_ENV, None)
+            else: os.environ[TOKEN_ENV] = token
+            if r.own_pool: r.own_pool.shutdown()
+            r.registry.close(); r.cache.save()
+
+class RunInterrupted(KeyboardInterrupt):
+    "A pipeline run stopped by Ctrl-C or SIGTERM; `run` says which stages were interrupted."
+    def __init__(self, run):
+        self.run = run
+        cut = [o.stage for o in run.outcomes if o.status == 'interrupted']
+        super().__init__(f"stopped {', '.join(map(repr, cut)) or 'before any stage ran'}; nothing an interrupted stage "
+                         f"produced was recorded. Run again to resume: the stages that finished are reused")
 
 def _finish(r, run, status):
     r.registry.finish_run(r.run_id, status)
     from neuronb.pipeline.registry import write_run_index
     write_run_index(r.registry.run(r.run_id), r.folder)
-    doc = {'run_id': run.run_id, 'project': r.project.name, 'ok': run.ok,
+    doc = {'run_id': run.run_id, 'project': r.project.name, 'ok': run.ok, 'status': status,
            'stages': [{'stage': o.stage, 'status': o.status, 'duration': round(o.duration, 3), 'metrics': o.metrics,
                        'reused_from': o.reused_from, 'notebook': str(o.notebook.relative_to(r.project.root)) if o.notebook else None}
                       for o in run.outcomes]}

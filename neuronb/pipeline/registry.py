@@ -18,9 +18,9 @@ __all__ = ['SCHEMA_VERSION', 'RUN_STATUSES', 'STAGE_STATUSES', 'FAILED_STATUSES'
 
 # %% ../../nbs/62_pipeline.registry.ipynb #8f9f92ae
 SCHEMA_VERSION = 1
-RUN_STATUSES = ('running', 'ok', 'failed', 'interrupted')
-STAGE_STATUSES = ('running', 'ok', 'error', 'dead', 'timeout', 'skipped')
-FAILED_STATUSES = ('error', 'dead', 'timeout')
+RUN_STATUSES = ('running', 'ok', 'failed', 'interrupted', 'dead')
+STAGE_STATUSES = ('running', 'ok', 'error', 'dead', 'timeout', 'interrupted', 'skipped')
+FAILED_STATUSES = ('error', 'dead', 'timeout', 'interrupted')
 DEFAULT_REGISTRY = '.neuronb/registry.db'  # relative to the project folder
 
 _SCHEMA = [
@@ -275,6 +275,11 @@ def _json(d) -> str|None:
     if d is None: return None
     return json.dumps({str(k): v for k, v in d.items()} if isinstance(d, dict) else d, default=str)
 
+def _who() -> dict:
+    "The host, pid and process start time of this process, by which a run that died is later told from one that runs."
+    from neuronb.pipeline.lock import process_info
+    return {k: v for k, v in process_info().items() if k != 'command'}
+
 def _neuronb_version():
     from neuronb import __version__
     return __version__
@@ -291,7 +296,7 @@ def start_run(self:Registry, project:str, # the project's name
               info:dict|None=None):       # anything else worth keeping (git commit, ...); host, pid, neuronb version added
     "Record that run `run_id` of `project` began."
     row = dict(run_id=run_id, project=project, folder=str(folder), argv=_json(list(argv) if argv is not None else None),
-               info=_json({'host': socket.gethostname(), 'pid': os.getpid(), 'neuronb': _neuronb_version(), **(info or {})}),
+               info=_json({**_who(), 'neuronb': _neuronb_version(), **(info or {})}),
                started=_now())
     with self.backend.transaction(write=True) as tx:
         old = tx.rows('SELECT project FROM neuronb_runs WHERE run_id = :run_id', run_id=run_id)
@@ -362,6 +367,9 @@ def _decode(row:dict) -> dict:
     for f in _JSON_FIELDS:
         if isinstance(row.get(f), str): row[f] = json.loads(row[f])
     if 'skipped' in row: row['skipped'] = bool(row['skipped'])
+    if row.get('status') == 'running' and isinstance(row.get('info'), dict):  # a run record: is its process still there?
+        from neuronb.pipeline.lock import process_alive
+        if process_alive(row['info']) is False: row['status'] = 'dead'
     return row
 
 _STAGE_SELECT = 'SELECT s.*, r.project FROM neuronb_stage_runs s JOIN neuronb_runs r ON r.run_id = s.run_id'

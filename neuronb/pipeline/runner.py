@@ -4,15 +4,14 @@
 
 # %% ../../nbs/60_pipeline.runner.ipynb #215ab4ce
 from __future__ import annotations
-import ast, difflib, json, keyword, math, threading, time, uuid
+import ast, difflib, json, keyword, math, os, threading, time, uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from ..core import NotebookError, ParameterError, StageFailed, atomic_write, recorded_metrics, utc_now
 from .kernels import KernelPool, check_kernel, start_kernel, stop_kernel
 
 # %% auto #0
-__all__ = ['notebook_parameters', 'validate_parameters', 'StageResult', 'run_notebook']
+__all__ = ['notebook_parameters', 'validate_parameters', 'StageResult', 'Interrupt', 'run_notebook']
 
 # %% ../../nbs/60_pipeline.runner.ipynb #8b3e61b2
 def _read_notebook(path:Path) -> dict:
@@ -126,7 +125,7 @@ def validate_parameters(given:dict,    # the values to run with, e.g. from pipel
 class StageResult:
     "What one stage run produced: its status, the executed notebook and the figures it recorded."
     stage: str               # the stage's name
-    status: str              # 'ok' | 'error' | 'dead' | 'timeout'
+    status: str              # 'ok' | 'error' | 'dead' | 'timeout' | 'interrupted'
     notebook: Path           # the executed notebook
     html: Path|None          # its HTML copy, if one was made
     status_path: Path        # the status JSON beside it
@@ -169,7 +168,8 @@ def _error(kind:str, cells, i, ename:str, evalue:str, timeout) -> dict:
     where = f"cell {cell}" + (f" (In [{count}])" if count else '')
     message = {'error': f"{where} raised {ename}: {_first_line(evalue)}".rstrip(': '),
                'timeout': f"{where} did not finish within the {timeout} s timeout; make it faster or raise the stage's timeout",
-               'dead': f"the kernel died while running {where} (killed, out of memory or crashed); the cells after it did not run"}[kind]
+               'dead': f"the kernel died while running {where} (killed, out of memory or crashed); the cells after it did not run",
+               'interrupted': f"interrupted (Ctrl-C or SIGTERM) while running {where}; the cells after it did not run"}[kind]
     return {'cell': cell, 'execution_count': count, 'ename': ename, 'evalue': evalue, 'message': message}
 
 # %% ../../nbs/60_pipeline.runner.ipynb #bd403987
@@ -178,7 +178,7 @@ _STYLE = 'style="color:red; font-family:Helvetica Neue, Helvetica, Arial, sans-s
 def _banner_cells(error:dict, kind:str):
     "The top banner and the anchor cell for a timeout or a dead kernel, as papermill does for errors."
     import nbformat
-    what = {'timeout': 'A cell timed out', 'dead': 'The kernel died'}[kind]
+    what = {'timeout': 'A cell timed out', 'dead': 'The kernel died', 'interrupted': 'The stage was interrupted'}[kind]
     top = nbformat.v4.new_markdown_cell(f'<span {_STYLE}>{what} at \'<a href="#papermill-error-cell">cell {error["cell"]}</a>\': '
                                         f'{error["message"]}.</span>')
     anchor = nbformat.v4.new_markdown_cell(f'<span id="papermill-error-cell" {_STYLE}>{what} while running this cell; '
@@ -218,17 +218,52 @@ def _tail(path:Path, n=20) -> str:
     except OSError: return ''
 
 # %% ../../nbs/60_pipeline.runner.ipynb #c4e2f492
+class Interrupt:
+    "Ctrl-C for the stages being run: the first `fire` interrupts their kernels at once, any later one kills them."
+    def __init__(self): self.count, self._kernels, self._lock = 0, set(), threading.Lock()
+    def __repr__(self): return f"Interrupt(fired={self.count}, kernels={len(self._kernels)})"
+    @property
+    def fired(self) -> bool: return self.count > 0
+
+    def fire(self):
+        with self._lock:
+            self.count += 1
+            for km in self._kernels: _signal(km, self.count)
+
+    def attach(self, km):
+        "Count kernel `km` as running a stage (interrupted at once if this already fired)."
+        with self._lock:
+            self._kernels.add(km)
+            if self.count: _signal(km, self.count)
+
+    def detach(self, km):
+        with self._lock: self._kernels.discard(km)
+
+def _signal(km, n:int):
+    "SIGINT to the kernel of `km` (what Jupyter's interrupt button sends), or SIGKILL to its process group after the first."
+    import signal
+    pid = getattr(km.provisioner, 'pid', None) if km.provisioner else None
+    if not pid: return
+    try:
+        if n == 1: os.kill(pid, signal.SIGINT)
+        else: os.killpg(getattr(km.provisioner, 'pgid', None) or pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError): pass
+
 def _kernel(pool, kernel_name:str, cwd:Path, log:Path):
     "A running kernel in `cwd` for one stage: from `pool` if it holds `kernel_name` kernels, else a new one."
     if pool is not None and pool.kernel_name == kernel_name: return pool.take(cwd)
     return start_kernel(kernel_name, cwd, log)
 
-def _run_in(km, notebook:Path, partial:Path, parameters:dict, kernel_name:str, timeout, progress:bool):
+def _run_in(km, notebook:Path, partial:Path, parameters:dict, kernel_name:str, timeout, progress:bool, interrupt=None):
     "Execute in kernel `km` and start stopping it; `(status, exception, kernel log tail if it died, thread stopping it)`."
+    if interrupt: interrupt.attach(km)
     try: status, exc = _execute(notebook, partial, parameters, kernel_name, timeout, km, progress)
     except BaseException:
         stop_kernel(km, now=True)
         raise
+    finally:
+        if interrupt: interrupt.detach(km)
+    if interrupt and interrupt.fired and status != 'ok': status = 'interrupted'
     last_words = _tail(km.kernel_log) if status == 'dead' else None  # before stopping removes the log
     return status, exc, last_words, stop_kernel(km, now=status not in ('ok', 'error'), background=True)  # a stuck or dead kernel is not asked
 
@@ -239,9 +274,9 @@ def _finish(partial:Path, output:Path, status:str, exc, timeout):
     nb = nbformat.read(str(partial), as_version=4)
     nb.metadata.setdefault('papermill', {})['output_path'] = str(output)
     if status == 'ok': return nb, None
-    if status == 'error':
+    if hasattr(exc, 'cell_index'):  # a cell raised (KeyboardInterrupt, when interrupted): papermill's banner is there
         i = exc.cell_index + 2  # papermill inserted its banner at the top and an anchor above the cell
-        return nb, _error('error', nb.cells, i, exc.ename, exc.evalue, timeout)
+        return nb, _error(status, nb.cells, i, exc.ename, exc.evalue, timeout)
     i = _running_cell(nb.cells)
     error = _error(status, nb.cells, i, type(exc).__name__, _first_line(exc), timeout)
     top, anchor = _banner_cells(error, status)
@@ -293,7 +328,8 @@ def run_notebook(notebook,                # the stage notebook (.ipynb with a `p
                  cwd=None,                # working directory; default: the notebook's folder
                  html=True,               # also write an HTML copy beside the output
                  progress=False,          # show papermill's progress bar
-                 pool:KernelPool|None=None # kernels started ahead; used when its kernel_name is this one
+                 pool:KernelPool|None=None, # kernels started ahead; used when its kernel_name is this one
+                 interrupt:Interrupt|None=None # fired (from another thread) to interrupt the stage: status 'interrupted'
                 ) -> StageResult:
     "Execute a stage notebook with papermill; the result says how it went (it does not raise on failure). Thread-safe."
     notebook, output = Path(notebook), Path(output)
@@ -308,7 +344,7 @@ def run_notebook(notebook,                # the stage notebook (.ipynb with a `p
     try:
         given = {k: merged[k] for k in parameters or {}}  # only what was given is injected, as validated
         km = _kernel(pool, kernel_name, wd, klog)
-        status, exc, last_words, stopping = _run_in(km, src, partial, given, kernel_name, timeout, progress)
+        status, exc, last_words, stopping = _run_in(km, src, partial, given, kernel_name, timeout, progress, interrupt)
         nb, error = _finish(partial, output, status, exc, timeout)
         if status == 'dead': error['kernel_log'] = last_words
         _write_notebook(nb, out, html)
