@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb #0d2f2c18
 from __future__ import annotations
-import argparse, os, signal, sys, threading, time
+import argparse, errno, os, shlex, signal, sys, threading, time
 from pathlib import Path
 from .core import NeuronbError
 
@@ -112,11 +112,13 @@ def _version():
 
 # %% ../nbs/90_cli.ipynb #e970842f
 def _data_parser(sub):
-    d = sub.add_parser('data', help='version datasets in project storage: add, commit, log, diff, checkout, push, pull, gc',
+    d = sub.add_parser('data', help='version datasets in project storage: add, commit, log, status, diff, rm, unstage, checkout, push, pull, verify, gc',
                        description='Content-addressed dataset versions in the project\'s storage (local, NFS or any fsspec URL).')
     d.add_argument('--dir', default='.', help='the project folder (default: current folder)')
     dsub = d.add_subparsers(dest='data_command', metavar='DATA_COMMAND')
-    def ds(parser): parser.add_argument('-d', '--dataset', default='raw', help='dataset name (default: raw)'); return parser
+    def at(parser):  # `--dir` after the subcommand too, as in `neuronb data add --dir P ...`
+        parser.add_argument('--dir', default=argparse.SUPPRESS, help='the project folder (default: current folder)'); return parser
+    def ds(parser): parser.add_argument('-d', '--dataset', default='raw', help='dataset name (default: raw)'); return at(parser)
     a = ds(dsub.add_parser('add', help='stage files from folders, globs, http(s) URLs or fsspec URLs'))
     a.add_argument('sources', nargs='+', metavar='SOURCE')
     a.add_argument('--pattern', default='*', help='only files whose name matches, e.g. "*.png"')
@@ -125,10 +127,19 @@ def _data_parser(sub):
     a.add_argument('--no-progress', action='store_true', help='no progress bar')
     c = ds(dsub.add_parser('commit', help='record the staged files as a new version'))
     c.add_argument('-m', '--message', required=True, help='what changed, in words')
+    c.add_argument('--wait', action='store_true', help='if another writer holds the project, wait for it instead of refusing')
     l = ds(dsub.add_parser('log', help='list versions, newest first'))
     l.add_argument('--json', action='store_true', help='print JSON for scripts and CI instead of lines')
     l.add_argument('-n', '--limit', type=int, default=20)
-    ds(dsub.add_parser('status', help='staged changes against the latest version'))
+    ds(dsub.add_parser('status', help='staged changes against the latest version (all staged files before the first commit)'))
+    r = ds(dsub.add_parser('rm', help='stage the removal of files from the dataset'))
+    r.add_argument('patterns', nargs='+', metavar='NAME', help='names or globs of names in the dataset, e.g. "cats/*"')
+    u = ds(dsub.add_parser('unstage', help='take staged changes back (all, or those to the names given)'))
+    u.add_argument('patterns', nargs='*', metavar='NAME', help='names or globs of names (default: every staged change)')
+    v = at(dsub.add_parser('verify', help='check that every object the versions need is there and intact'))
+    v.add_argument('-d', '--dataset', default=None, help='only this dataset (default: all)')
+    v.add_argument('--shallow', action='store_true', help='only check that objects exist, do not re-hash them')
+    v.add_argument('--json', action='store_true', help='print JSON for scripts and CI instead of lines')
     f = ds(dsub.add_parser('diff', help='files added, removed and changed between two versions'))
     f.add_argument('a', metavar='A', help='a version id (or prefix), latest, latest~N')
     f.add_argument('b', metavar='B', nargs='?', default='staged', help='another version, or staged (default)')
@@ -136,10 +147,10 @@ def _data_parser(sub):
     o.add_argument('version', metavar='VERSION'); o.add_argument('dest', metavar='DEST')
     o.add_argument('--force', action='store_true', help='write into a folder that already has files')
     for name, what in (('push', 'copy versions and their files to a remote store'), ('pull', 'fetch versions from a remote store')):
-        r = dsub.add_parser(name, help=what)
+        r = at(dsub.add_parser(name, help=what))
         r.add_argument('remote', metavar='REMOTE', help='a path or fsspec URL, e.g. s3://bucket/neuronb')
         r.add_argument('-d', '--dataset', default=None, help='only this dataset (default: all)')
-    g = dsub.add_parser('gc', help='list (or, with --delete, delete) objects no version refers to')
+    g = at(dsub.add_parser('gc', help='list (or, with --delete, delete) objects no version refers to'))
     g.add_argument('--delete', action='store_true', help='delete them (default: only list)')
     g.add_argument('--min-age', type=int, default=3600, help='keep objects younger than this many seconds')
     return d
@@ -369,12 +380,25 @@ def _print_diff(d):
     for key, mark in (('added', '+'), ('removed', '-'), ('changed', '~')):
         for name in d[key][:50]: print(f"{mark} {name}")
         if len(d[key]) > 50: print(f"{mark} ... and {len(d[key]) - 50} more")
-    print(f"{d['a']} → {d['b']}: {len(d['added'])} added, {len(d['removed'])} removed, {len(d['changed'])} changed")
+    print(f"{d['a'] or '(nothing committed yet)'} → {d['b']}: {len(d['added'])} added, {len(d['removed'])} removed, {len(d['changed'])} changed")
+
+def _few(names, n=5) -> str: return ', '.join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else '')
+
+def _print_verify(r, as_json) -> int:
+    "Print what `verify` found; the exit status is 1 when an object is missing or corrupt."
+    bad = len(r['missing']) + len(r['corrupt'])
+    if as_json: _print_json(r)
+    else:
+        for rel in r['missing']: print(f"missing  {rel}")
+        for rel in r['corrupt']: print(f"corrupt  {rel}")
+        print(f"checked {r['checked']} objects: " + ("all present and intact" if not bad else
+              f"{len(r['missing'])} missing, {len(r['corrupt'])} corrupt; `neuronb data pull REMOTE` fetches them again from a copy"))
+    return 1 if bad else 0
 
 def cmd_data(args):
     from neuronb.pipeline.project import load_project
     import neuronb.data.versions as v
-    if not args.data_command: raise NeuronbError("say what to do: neuronb data {add,commit,log,status,diff,checkout,push,pull,gc} (see --help)")
+    if not args.data_command: raise NeuronbError("say what to do: neuronb data {add,commit,log,status,diff,rm,unstage,checkout,push,pull,verify,gc} (see --help)")
     project = load_project(args.dir)
     store, cmd = project.store(), args.data_command
     if cmd == 'add':
@@ -383,14 +407,20 @@ def cmd_data(args):
                           cache=project.root/'.neuronb'/'data-hashes.json', progress=not args.no_progress)
         print(repr(rep)); print(f"Next: neuronb data commit -d {args.dataset} -m 'what changed'")
     elif cmd == 'commit':
-        c = v.commit(store, args.dataset, args.message)
+        from neuronb.pipeline.lock import ProjectLock
+        with ProjectLock(store, 'neuronb ' + shlex.join(args.argv), wait=args.wait): c = v.commit(store, args.dataset, args.message)
         print(("Committed " if c['created'] else "Nothing to commit; latest is ") + f"{args.dataset} {_short(c['id'])}")
         _print_version(c)
     elif cmd == 'log':
         if args.json: return _print_json(v.log(store, args.dataset, args.limit)) or 0
         for c in v.log(store, args.dataset, args.limit): _print_version(c)
     elif cmd in ('status', 'diff'):
-        _print_diff(v.diff(store, 'latest', 'staged', args.dataset) if cmd == 'status' else v.diff(store, args.a, args.b, args.dataset))
+        _print_diff(v.status(store, args.dataset) if cmd == 'status' else v.diff(store, args.a, args.b, args.dataset))
+    elif cmd in ('rm', 'unstage'):
+        names = (v.remove_files if cmd == 'rm' else v.unstage)(store, *args.patterns, dataset=args.dataset)
+        print(f"{'Staged the removal of' if cmd == 'rm' else 'Unstaged'} {len(names)} file(s) of {args.dataset}: {_few(names)}")
+        print(f"Next: neuronb data {'commit -d ' + args.dataset + ' -m ' + shlex.quote('what changed') if cmd == 'rm' else 'status -d ' + args.dataset}")
+    elif cmd == 'verify': return _print_verify(v.verify(store, args.dataset, deep=not args.shallow), args.json)
     elif cmd == 'checkout':
         print(f"Wrote {args.dataset} {args.version} into {v.checkout(store, args.version, args.dest, args.dataset, force=args.force)}")
     elif cmd in ('push', 'pull'):
@@ -407,6 +437,16 @@ def cmd_data(args):
 _COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show,
              'data': cmd_data, 'sync': cmd_sync, 'sweep': cmd_sweep, 'label': cmd_label, 'train': cmd_train}
 
+def _os_error(e:OSError) -> str:
+    "One line for an operating-system error: what failed, on which path, and what to check."
+    where = f" {os.fsdecode(e.filename)!r}" + (f" -> {os.fsdecode(e.filename2)!r}" if e.filename2 else '') if e.filename else ''
+    what = e.strerror or str(e) or type(e).__name__
+    hint = {errno.EACCES: 'check its permissions (or run as a user who may write there)', errno.EPERM: 'check its permissions',
+            errno.EROFS: 'the file system is read-only; choose a writable folder', errno.ENOSPC: 'free some space or choose another disk',
+            errno.ENOTDIR: 'a file stands where a folder is needed; move it or choose another path',
+            errno.EEXIST: 'something is already there; move it or choose another path'}.get(e.errno, 'check the path')
+    return f"{what}:{where}; {hint}"
+
 def main(argv=None) -> int:
     "Run the `neuronb` command line; returns the exit status."
     parser = _parser()
@@ -420,6 +460,10 @@ def main(argv=None) -> int:
     try: return _COMMANDS[args.command](args) or 0
     except NeuronbError as e:
         print(f"neuronb {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a path that cannot be read or written: one line, not a traceback (NEURONB_DEBUG=1 shows it)
+        if os.environ.get('NEURONB_DEBUG'): raise
+        print(f"neuronb {args.command}: error: {_os_error(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         print(f"neuronb {args.command}: interrupted" + (f": {e}" if str(e) else ''), file=sys.stderr)

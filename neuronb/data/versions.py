@@ -4,7 +4,7 @@
 
 # %% ../../nbs/12_data.versions.ipynb #c2557b77
 from __future__ import annotations
-import glob as _glob, io, json, os, random, re, threading, time, uuid
+import errno, glob as _glob, io, json, os, random, re, threading, time, uuid
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -16,7 +16,7 @@ from ..core import StorageError, DataError, atomic_write
 # %% auto #0
 __all__ = ['VERSIONS', 'IMAGE_SUFFIXES', 'SourceFile', 'create_new', 'default_cache_path', 'StatCache', 'list_source',
            'AddReport', 'hash_files', 'add_files', 'remove_files', 'commit', 'ingest_source', 'datasets', 'log',
-           'resolve', 'version_files', 'diff', 'status', 'checkout', 'push', 'pull', 'verify', 'gc']
+           'resolve', 'version_files', 'diff', 'status', 'unstage', 'checkout', 'push', 'pull', 'verify', 'gc']
 
 # %% ../../nbs/12_data.versions.ipynb #1ca7bcdf
 VERSIONS = 'versions'
@@ -97,16 +97,29 @@ class StatCache:
 SourceFile = namedtuple('SourceFile', 'name fs path key stamp')  # fs None: a local file read with open()
 _GLOB = re.compile(r'[*?\[]')
 
-def _local_dir(root:Path):
-    "Every non-hidden file under `root`, recursively, as `(relative name, DirEntry)`."
-    stack = [(root, '')]
+def _not_a_file(path) -> str:
+    "Why `path` (a link, a socket, a pipe) cannot be read as a file."
+    try: os.stat(path)
+    except FileNotFoundError: return f"broken link (to {os.readlink(path)!r}, which does not exist)"
+    except OSError as e: return "symlink loop" if e.errno == errno.ELOOP else f"unreadable: {e.strerror}"
+    return "not a regular file"
+
+def _local_dir(root:Path, skipped:list):
+    "Every non-hidden file under `root`, recursively, as `(relative name, DirEntry)`; what cannot be read goes to `skipped`."
+    stack, seen = [(root, '')], set()
     while stack:
         d, rel = stack.pop()
+        st = os.stat(d)
+        if (st.st_dev, st.st_ino) in seen: skipped.append((rel.rstrip('/'), 'a link to a folder already listed (a symlink loop?)')); continue
+        seen.add((st.st_dev, st.st_ino))
         with os.scandir(d) as it:
             for e in it:
                 if e.name.startswith('.'): continue
-                if e.is_dir(): stack.append((e.path, f"{rel}{e.name}/"))
-                elif e.is_file(): yield f"{rel}{e.name}", e
+                try: kind = 'dir' if e.is_dir() else 'file' if e.is_file() else None
+                except OSError: kind = None  # a symlink loop: stat fails with ELOOP
+                if kind == 'dir': stack.append((e.path, f"{rel}{e.name}/"))
+                elif kind == 'file': yield f"{rel}{e.name}", e
+                else: skipped.append((f"{rel}{e.name}", _not_a_file(e.path)))
 
 def _local_file(name, path, st=None):
     st = st or os.stat(path)
@@ -122,16 +135,22 @@ def _glob_root(path) -> str:
     return path[:_GLOB.search(path).start()].rsplit('/', 1)[0]
 
 # %% ../../nbs/12_data.versions.ipynb #e2fc10a3
-def _list_local(s, pattern):
+def _matches(name, pattern) -> bool: return pattern in ('*', '**', None) or PurePosixPath(name).match(pattern)
+
+def _list_local(s, pattern, skipped):
     p = Path(s).expanduser()
     if _GLOB.search(s):
         root = Path(_glob_root(str(p.absolute())))
-        found = [Path(f) for f in _glob.glob(str(p.absolute()), recursive=True)]
-        return [_local_file(f.relative_to(root).as_posix(), f) for f in sorted(found) if f.is_file()]
+        found = [Path(f) for f in sorted(_glob.glob(str(p.absolute()), recursive=True))]
+        skipped += [(f.relative_to(root).as_posix(), _not_a_file(f)) for f in found if f.is_symlink() and not f.exists()]
+        return [_local_file(f.relative_to(root).as_posix(), f) for f in found if f.is_file()]
     if p.is_dir():
-        return [_local_file(n, e.path, e.stat()) for n, e in sorted(_local_dir(p.resolve()))
-                if pattern in ('*', '**', None) or PurePosixPath(n).match(pattern)]
+        odd = []
+        found = sorted(_local_dir(p.resolve(), odd))
+        skipped += [(n, why) for n, why in sorted(odd) if _matches(n, pattern) or why.startswith('a link to a folder')]
+        return [_local_file(n, e.path, e.stat()) for n, e in found if _matches(n, pattern)]
     if p.is_file(): return [_local_file(p.name, p.resolve())]
+    if p.is_symlink(): raise DataError(f"source {s!r} is a {_not_a_file(p)}; fix the link or give the folder it should point at")
     raise DataError(f"source {s!r} does not exist; give a folder, a glob such as 'raw/*.png', an http(s) URL "
                     f"or an fsspec URL such as s3://bucket/raw/")
 
@@ -145,16 +164,29 @@ def _list_url(s, pattern, storage_options):
     files = [(p[len(root):].lstrip('/'), info) for p, info in found.items() if info.get('type') == 'file']
     return [SourceFile(n, fs, p, fs.unstrip_protocol(p), _stamp(info)) for (n, info), p in
             sorted(zip(files, (root + '/' + n for n, _ in files)))
-            if not any(part.startswith('.') for part in n.split('/'))
-            and (pattern in ('*', '**', None) or PurePosixPath(n).match(pattern))]
+            if not any(part.startswith('.') for part in n.split('/')) and _matches(n, pattern)]
 
 # %% ../../nbs/12_data.versions.ipynb #75b7bcd2
+def _not_utf8(names) -> list: return [n for n in names if not n.isascii() and _undecodable(n)]
+def _undecodable(name) -> bool:
+    try: name.encode('utf-8'); return False
+    except UnicodeEncodeError: return True  # os.scandir keeps undecodable bytes as surrogates
+
+def _refuse_not_utf8(files):
+    bad = _not_utf8(f.name for f in files)
+    if bad: raise DataError(f"{len(bad)} file name(s) are not valid UTF-8, e.g. {os.fsencode(bad[0])!r}; dataset names are "
+                            f"UTF-8 text. Rename them (e.g. `convmv -f latin1 -t utf8 -r --notest FOLDER`) or leave them "
+                            f"out with --pattern; nothing was added")
+    return files
+
 def list_source(source,            # a folder, a glob, an http(s) URL, an fsspec URL, or a list of them
                 pattern='*',       # keep names matching this (matched from the right: `*.png` at any depth)
+                skipped=None,      # a list that gets `(name, reason)` for broken links and symlink loops, skipped
                 **storage_options): # passed to fsspec for URLs, e.g. `endpoint_url=`
     "The files `source` names, as `SourceFile`s sorted by name."
+    skipped = [] if skipped is None else skipped
     if isinstance(source, (list, tuple)):
-        files = [f for s in source for f in list_source(s, pattern, **storage_options)]
+        files = [f for s in source for f in list_source(s, pattern, skipped, **storage_options)]
         seen = {}
         for f in files:
             if f.name in seen: raise DataError(f"two sources give the file name {f.name!r} ({seen[f.name]} and {f.path}); "
@@ -162,7 +194,7 @@ def list_source(source,            # a folder, a glob, an http(s) URL, an fsspec
             seen[f.name] = f.path
         return sorted(files)
     s = os.fspath(source)
-    return _list_url(s, pattern, storage_options) if '://' in s else _list_local(s, pattern)
+    return _refuse_not_utf8(_list_url(s, pattern, storage_options) if '://' in s else _list_local(s, pattern, skipped))
 
 # %% ../../nbs/12_data.versions.ipynb #f9e5b367
 _MANIFESTS = {}  # (store url, digest) -> manifest: immutable, so a process can keep them
@@ -215,6 +247,7 @@ class AddReport:
     new_objects: int = 0                            # contents new to the store
     duplicates: list = field(default_factory=list)  # (name, name holding the same content), skipped
     rejected: list = field(default_factory=list)    # (name, reason), not stored
+    skipped: list = field(default_factory=list)     # (name, reason): broken links and symlink loops, not read
     seconds: float = 0.0
 
     def to_frame(self):
@@ -223,14 +256,16 @@ class AddReport:
         rows = [(n, 'added', '') for n in self.added] + [(n, 'changed', '') for n in self.changed]
         rows += [(n, 'removed', '') for n in self.removed]
         rows += [(n, 'duplicate', f"same content as {o}") for n, o in self.duplicates]
-        rows += [(n, 'rejected', r) for n, r in self.rejected]
+        rows += [(n, 'rejected', r) for n, r in self.rejected] + [(n, 'skipped', r) for n, r in self.skipped]
         return pd.DataFrame(rows, columns=['name', 'status', 'detail'])
 
     def __repr__(self):
         head = (f"AddReport({self.dataset!r}): {self.files} files: {len(self.added)} added, {len(self.changed)} changed, "
                 f"{self.unchanged} unchanged, {len(self.removed)} removed, {len(self.duplicates)} duplicates skipped, "
-                f"{len(self.rejected)} rejected; {self.new_objects} new objects in {self.seconds:.2f}s")
-        issues = [f"  rejected   {n}: {r}" for n, r in self.rejected] + [f"  duplicate  {n}: same content as {o}" for n, o in self.duplicates]
+                f"{len(self.rejected)} rejected" + (f", {len(self.skipped)} skipped" if self.skipped else '')
+                + f"; {self.new_objects} new objects in {self.seconds:.2f}s")
+        issues = [f"  rejected   {n}: {r}" for n, r in self.rejected] + [f"  skipped    {n}: {r}" for n, r in self.skipped]
+        issues += [f"  duplicate  {n}: same content as {o}" for n, o in self.duplicates]
         more = [f"  … and {len(issues) - 10} more (see .to_frame())"] if len(issues) > 10 else []
         return '\n'.join([head] + issues[:10] + more)
 
@@ -351,8 +386,10 @@ def add_files(store,              # a `Store` or a URL for `open_store`
     "Add the files of `source` to the staging area of `dataset`: hashed, checked, de-duplicated, stored."
     t0, store, ds = time.perf_counter(), open_store(store), _check_dataset(dataset)
     into = f"{into.strip('/')}/" if into and into.strip('/') else ''
-    srcs = source if _is_files(source) else list_source(source, pattern, **storage_options)
-    if not srcs: raise DataError(f"no files matching {pattern!r} in {source!r}; check the source and the pattern")
+    skipped = []
+    srcs = _refuse_not_utf8(source) if _is_files(source) else list_source(source, pattern, skipped, **storage_options)
+    if not srcs: raise DataError(f"no files matching {pattern!r} in {source!r}" + (f" ({len(skipped)} broken links or loops skipped)" if skipped else '')
+                                 + "; check the source and the pattern")
     files = _working(store, ds)[0]
     cache = StatCache(None if cache is False else (cache or default_cache_path()))
     have = {(h, _ext(n)) for n, h in files.items()}
@@ -365,7 +402,7 @@ def add_files(store,              # a `Store` or a URL for `open_store`
         delta = {'set': changes, 'sizes': sizes, 'remove': rep.removed, 'time': _now(), 'source': f"{len(srcs)} files" if _is_files(source) else str(source)}
         store.write_json(f"{_staged(ds)}/{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json", delta)
     cache.save()
-    rep.dataset, rep.files, rep.new_objects = ds, len(srcs), sum(r[4] for r in results)
+    rep.dataset, rep.files, rep.new_objects, rep.skipped = ds, len(srcs), sum(r[4] for r in results), skipped
     rep.seconds = time.perf_counter() - t0
     return rep
 
@@ -514,6 +551,32 @@ def status(store, dataset='raw') -> dict:
     "What a commit of `dataset` would record now: the staged changes against the latest version."
     store, ds = open_store(store), _check_dataset(dataset)
     return diff(store, 'latest', 'staged', ds) if _ref_names(store, ds) else {'a': None, 'b': 'staged', **_changes({}, _working(store, ds)[0])}
+
+# %% ../../nbs/12_data.versions.ipynb #7a89f984
+def _unstage_one(store, ds, name, hit) -> set:
+    "Drop the changes to names `hit` accepts from the change set `name`; returns those names."
+    rel = f"{_staged(ds)}/{name}"
+    try: delta = store.read_json(rel)
+    except NotInStore: return set()  # a commit consumed it meanwhile
+    drop = {n for n in [*delta.get('set', {}), *delta.get('remove', [])] if hit(n)}
+    if not drop: return drop
+    keep = {n: h for n, h in delta.get('set', {}).items() if n not in drop}
+    gone = [n for n in delta.get('remove', []) if n not in drop]
+    if keep or gone: store.write_json(rel, dict(delta, set=keep, remove=gone))
+    else: _drop(store, ds, [name])
+    return drop
+
+def unstage(store,          # a `Store` or a URL for `open_store`
+            *patterns,      # names or globs of names (default: every staged change)
+            dataset='raw'): # the dataset
+    "Drop staged changes of `dataset` (all, or those to names matching `patterns`); returns the names."
+    from fnmatch import fnmatchcase
+    store, ds = open_store(store), _check_dataset(dataset)
+    hit = lambda n: not patterns or any(fnmatchcase(n, p) for p in patterns)
+    names = set().union(*[_unstage_one(store, ds, n, hit) for n in _pending(store, ds)])
+    if not names: raise DataError(f"nothing staged in dataset {ds!r}" + (f" matches {', '.join(map(repr, patterns))}" if patterns else '')
+                                  + "; `neuronb data status` shows what is staged")
+    return sorted(names)
 
 # %% ../../nbs/12_data.versions.ipynb #3cbab229
 def _fetch_verified(store, name, digest) -> bytes:

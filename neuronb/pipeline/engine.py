@@ -54,8 +54,8 @@ def plan_stage(project, stage, parameters, upstream, registry, cache, store=None
     parts = stage_parts(project.root, stage, parameters, upstream, project.kernel, cache, store)
     fp, last = fingerprint(parts), registry.last_ok(project.name, stage.name)
     attempt = _last_attempt(registry, project, stage.name)
-    if attempt and attempt['status'] in ('error', 'dead', 'timeout', 'running') and (not last or attempt['started'] > last['started']):
-        what = 'interrupted' if attempt['status'] == 'running' else f"failed ({attempt['status']})"
+    if attempt and attempt['status'] in ('error', 'dead', 'timeout', 'interrupted', 'running') and (not last or attempt['started'] > last['started']):
+        what = 'was interrupted' if attempt['status'] in ('running', 'interrupted') else f"failed ({attempt['status']})"
         return StagePlan(stage.name, 'failed', f"last attempt {what} in run {attempt['run_id']}", fp, parts, parameters, last)
     if not last: return StagePlan(stage.name, 'never', 'never ran successfully', fp, parts, parameters)
     if last['fingerprint'] != fp:
