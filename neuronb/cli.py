@@ -266,9 +266,9 @@ def cmd_init(args):
     print(f"Created project {project.name!r} in {project.root} with stages: {', '.join(s.name for s in project.stages)}")
     labels = project.stage('label').parameters.get('labels') if args.data else None
     if labels == 'none':
-        print(f"Nothing is labelled yet: ingest first (neuronb run {args.dir} --only ingest), then label the images "
-              f"(neuronb label --dir {args.dir} serve --annotators NAME); training waits until enough are labelled")
-    print(f"Next: neuronb run {args.dir}")
+        print(f"Nothing is labelled yet: ingest first (neuronb run {shlex.quote(args.dir)} --only ingest), then label the images "
+              f"(neuronb label --dir {shlex.quote(args.dir)} serve --annotators NAME); training waits until enough are labelled")
+    print(f"Next: neuronb run {shlex.quote(args.dir)}")
     return 0
 
 def cmd_run(args):
@@ -287,7 +287,7 @@ def cmd_run(args):
     print(f"Pipeline finished in {time.time()-start:.0f}s. Executed notebooks (.ipynb and .html): {os.path.relpath(run.folder)}/")
     print(f"Run index: {os.path.relpath(run.folder/'index.html')}")
     if 'demo' in [s.name for s in project.stages]:
-        print(f"Open the demo: neuronb demo {os.path.relpath(project.root)}")
+        print(f"Open the demo: neuronb demo {shlex.quote(os.path.relpath(project.root))}")
     return 0
 
 def cmd_demo(args):
@@ -326,7 +326,7 @@ def cmd_runs(args):
     try: rows = reg.runs(project.name, limit=args.limit)
     finally: reg.close()
     if args.json: return _print_json(rows) or 0
-    print(format_runs(rows) if rows else f"No runs yet. Start one with: neuronb run {args.dir}")
+    print(format_runs(rows) if rows else f"No runs yet. Start one with: neuronb run {shlex.quote(args.dir)}")
     return 0
 
 def cmd_show(args):
@@ -359,7 +359,7 @@ def cmd_sweep(args):
     res = sweep(args.config, objective=args.objective, n_trials=args.trials, workers=args.workers, storage=args.storage,
                 study_name=args.join, seed=args.seed, engine=args.engine, project=args.project, timeout=args.timeout)
     where = '' if res.engine == 'wandb' else ' --storage <the same database URL>'
-    print(f"study {res.study_name!r}; add trials from another machine with: neuronb sweep {args.config} --join {res.study_name}{where}")
+    print(f"study {res.study_name!r}; add trials from another machine with: neuronb sweep {shlex.quote(args.config)} --join {shlex.quote(res.study_name)}{where}")
     if args.apply:
         from neuronb.pipeline.project import load_project
         from neuronb.pipeline.lock import ProjectLock
@@ -405,7 +405,7 @@ def cmd_data(args):
         rep = v.add_files(store, args.sources if len(args.sources) > 1 else args.sources[0], dataset=args.dataset,
                           pattern=args.pattern, into=args.into, images_only=args.images_only,
                           cache=project.root/'.neuronb'/'data-hashes.json', progress=not args.no_progress)
-        print(repr(rep)); print(f"Next: neuronb data commit -d {args.dataset} -m 'what changed'")
+        print(repr(rep)); print(f"Next: neuronb data commit -d {shlex.quote(args.dataset)} -m 'what changed'")
     elif cmd == 'commit':
         from neuronb.pipeline.lock import ProjectLock
         with ProjectLock(store, 'neuronb ' + shlex.join(args.argv), wait=args.wait): c = v.commit(store, args.dataset, args.message)
@@ -419,7 +419,7 @@ def cmd_data(args):
     elif cmd in ('rm', 'unstage'):
         names = (v.remove_files if cmd == 'rm' else v.unstage)(store, *args.patterns, dataset=args.dataset)
         print(f"{'Staged the removal of' if cmd == 'rm' else 'Unstaged'} {len(names)} file(s) of {args.dataset}: {_few(names)}")
-        print(f"Next: neuronb data {'commit -d ' + args.dataset + ' -m ' + shlex.quote('what changed') if cmd == 'rm' else 'status -d ' + args.dataset}")
+        print(f"Next: neuronb data {'commit' if cmd == 'rm' else 'status'} -d {shlex.quote(args.dataset)}" + (" -m 'what changed'" if cmd == 'rm' else ''))
     elif cmd == 'verify': return _print_verify(v.verify(store, args.dataset, deep=not args.shallow), args.json)
     elif cmd == 'checkout':
         print(f"Wrote {args.dataset} {args.version} into {v.checkout(store, args.version, args.dest, args.dataset, force=args.force)}")

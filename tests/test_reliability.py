@@ -156,3 +156,40 @@ def test_jobs_must_be_positive(tmp_path):
     out = cli('run', project.root, '-j', '0')
     assert out.returncode == 1 and '--jobs must be 1 or more' in out.stderr
     assert cli('run', project.root, '-j', '64').returncode == 0   # capped at the 3 stages: no 64 kernels
+
+
+@pytest.fixture(scope='module')
+def digits_project(tmp_path_factory):
+    "A fresh digits example project (nothing run)."
+    root = tmp_path_factory.mktemp('params')/'digits'
+    assert cli('init', root, '--example', 'digits').returncode == 0
+    return root
+
+
+@pytest.mark.parametrize('args, message', [
+    (['-p', 'train.epochs=-1'], "parameter 'epochs' of stage 'train' (stages/05_train.ipynb) must be >= 1 (its parameters cell says so), got -1"),
+    (['-p', 'train.lr=0'], "must be > 0"),
+    (['-p', 'train.resize=crop'], "must be in ['squish', 'pad']"),
+    (['-p', 'train.lr=fast'], "got str 'fast'; write a number, e.g. 0.001 or 1e-3"),
+    (['--only', 'ingest', '-p', 'train.epochs=2'], "is for stage 'train', which this run leaves out (it considers ingest); add train to --only"),
+    (['--only', 'ingest', '-p', 'train.epoch=2'], "did you mean 'epochs'?"),
+])
+def test_refused_parameters_run_nothing(digits_project, args, message):
+    r = cli('run', digits_project, *args)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert r.stderr.count('\n') == 1, r.stderr  # one line, no traceback
+    assert not (digits_project/'runs').exists() or not any((digits_project/'runs').iterdir())
+
+
+def test_pipeline_yaml_mistakes_are_one_line(digits_project, tmp_path):
+    text = (digits_project/'pipeline.yaml').read_text()
+    try:
+        (digits_project/'pipeline.yaml').write_text(text + '\nname: again\n')
+        r = cli('status', digits_project)
+        first = text.splitlines().index(next(l for l in text.splitlines() if l.startswith('name:'))) + 1
+        assert r.returncode == 1 and f"key 'name' appears twice, on lines {first} and {text.count(chr(10)) + 2}" in r.stderr, r.stderr
+        (digits_project/'pipeline.yaml').write_text(text + '\nextra: [1, 2\n')
+        r = cli('status', digits_project)
+        assert r.returncode == 1 and 'is not valid YAML: ' in r.stderr and ', column ' in r.stderr, r.stderr
+        assert r.stderr.count('\n') == 1, r.stderr
+    finally: (digits_project/'pipeline.yaml').write_text(text)

@@ -11,8 +11,8 @@ from pathlib import Path
 from ..core import ConfigError, NeuronbError, StageFailed, PIPELINE_FILE, find_project_dir, atomic_write
 
 # %% auto #0
-__all__ = ['Stage', 'Project', 'producers', 'dependencies', 'check_graph', 'parse_pipeline', 'parse_labeling', 'load_project',
-           'check_parameters', 'parse_overrides']
+__all__ = ['Stage', 'Project', 'producers', 'dependencies', 'check_graph', 'load_yaml', 'parse_pipeline', 'parse_labeling',
+           'load_project', 'check_parameters', 'parse_overrides']
 
 # %% ../../nbs/61_pipeline.project.ipynb #a0140a62
 @dataclass
@@ -101,6 +101,38 @@ def check_graph(project, path='pipeline.yaml'):
         raise ConfigError(f"{path}: the stages depend on each other in a cycle: {' -> '.join(cycle)}; "
                           f"break it by removing one of those inputs or needs")
 
+# %% ../../nbs/61_pipeline.project.ipynb #9be12148
+_FLOAT = re.compile(r'^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$')
+
+def _yaml_loader(path):
+    "A PyYAML SafeLoader class that reads YAML 1.2 floats and refuses duplicate keys, naming `path`."
+    import yaml
+    class Loader(yaml.SafeLoader): pass
+    Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != 'tag:yaml.org,2002:float']
+                                      for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver('tag:yaml.org,2002:float', _FLOAT, list('-+0123456789.'))
+    def mapping(loader, node, deep=False):
+        seen = {}
+        for k, _ in node.value:
+            key = loader.construct_object(k, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(f"{path}: key {key!r} appears twice, on lines {seen[key]} and {k.start_mark.line + 1}; "
+                                  f"keep one (YAML would silently use the last)")
+            if isinstance(key, (str, int, float, bool)): seen[key] = k.start_mark.line + 1
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+    Loader.add_constructor('tag:yaml.org,2002:map', lambda loader, node: dict(mapping(loader, node)))
+    return Loader
+
+def load_yaml(text:str, path='pipeline.yaml'):
+    "The YAML in `text` (see above); a syntax error is a `ConfigError` naming the line and column."
+    import yaml
+    try: return yaml.load(text, Loader=_yaml_loader(path))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ''
+        raise ConfigError(f"{path} is not valid YAML: {e.problem or e.context}{at}; fix that line") from None
+    except yaml.YAMLError as e: raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+
 # %% ../../nbs/61_pipeline.project.ipynb #b9dd7c21
 _PROJECT_KEYS = {'name', 'dataset', 'storage', 'kernel', 'timeout', 'stages', 'registry', 'labeling'}
 _STAGE_KEYS = {'notebook', 'parameters', 'timeout', 'inputs', 'outputs', 'needs'}
@@ -140,9 +172,7 @@ def _dataset_name(name, path) -> str:
 
 def parse_pipeline(text:str, root:Path, path='pipeline.yaml') -> Project:
     "A `Project` from the text of a pipeline file, every key checked."
-    import yaml
-    try: cfg = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e: raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix the line it names") from None
+    cfg = load_yaml(text, path) or {}
     if not isinstance(cfg, dict): raise ConfigError(f"{path} must be a mapping with name, storage and stages")
     _check_keys(cfg, _PROJECT_KEYS, 'the top level', path)
     stages = cfg.get('stages') or {}
@@ -187,11 +217,11 @@ def load_project(path=None) -> Project:
 
 def check_parameters(project, overrides=None, stages=None) -> dict:
     "Every stage's parameters (pipeline file, then `overrides`) checked against its notebook: `{stage: merged}`."
-    from neuronb.pipeline.runner import notebook_parameters, validate_parameters
+    from neuronb.pipeline.runner import notebook_parameters, parameter_rules, validate_parameters
     overrides = overrides or {}
     for name in overrides: project.stage(name)  # an override for a stage that does not exist
-    return {s.name: validate_parameters({**s.parameters, **overrides.get(s.name, {})},
-                                        notebook_parameters(project.root/s.notebook), f"stage {s.name!r} ({s.notebook})")
+    return {s.name: validate_parameters({**s.parameters, **overrides.get(s.name, {})}, notebook_parameters(project.root/s.notebook),
+                                        f"stage {s.name!r} ({s.notebook})", parameter_rules(project.root/s.notebook))
             for s in (stages or project.stages)}
 
 # %% ../../nbs/61_pipeline.project.ipynb #dd45eb49
@@ -204,7 +234,7 @@ def parse_overrides(items) -> dict:
         stage, dot, name = key.partition('.')
         if not (sep and dot and stage and name):
             raise ConfigError(f"override {item!r} must look like STAGE.NAME=VALUE, e.g. train.epochs=2")
-        try: value = yaml.safe_load(raw) if raw.strip() else ''
-        except yaml.YAMLError: value = raw
+        try: value = yaml.load(raw, Loader=_yaml_loader(f"-p {item}")) if raw.strip() else ''
+        except (yaml.YAMLError, ConfigError): value = raw
         out.setdefault(stage, {})[name] = value
     return out

@@ -4,19 +4,30 @@
 
 # %% ../../nbs/60_pipeline.runner.ipynb #215ab4ce
 from __future__ import annotations
-import ast, difflib, json, keyword, math, os, threading, time, uuid
+import ast, difflib, io, json, keyword, math, operator, os, re, threading, time, tokenize, uuid
 from dataclasses import dataclass
 from pathlib import Path
 from ..core import NotebookError, ParameterError, StageFailed, atomic_write, recorded_metrics, utc_now
 from .kernels import KernelPool, check_kernel, start_kernel, stop_kernel
 
 # %% auto #0
-__all__ = ['notebook_parameters', 'validate_parameters', 'StageResult', 'Interrupt', 'run_notebook']
+__all__ = ['notebook_parameters', 'parameter_rules', 'validate_parameters', 'StageResult', 'Interrupt', 'run_notebook']
 
 # %% ../../nbs/60_pipeline.runner.ipynb #8b3e61b2
+def _check_shape(nb, path) -> dict:
+    "`nb` if it has the shape of a Jupyter notebook (nbformat 4), else one `NotebookError` saying what is wrong."
+    how = "open it in JupyterLab and save it again (File → Save), or recreate it"
+    if not isinstance(nb, dict) or not isinstance(nb.get('cells'), list):
+        raise NotebookError(f"{path} is not a Jupyter notebook (no list of `cells`); {how}")
+    if nb.get('nbformat') != 4: raise NotebookError(f"{path} is nbformat {nb.get('nbformat')!r}, not 4; {how}")
+    bad = next((i for i, c in enumerate(nb['cells']) if not isinstance(c, dict) or c.get('cell_type') not in ('code', 'markdown', 'raw')
+                or not isinstance(c.get('source', ''), (str, list))), None)
+    if bad is not None: raise NotebookError(f"cell {bad} of {path} is not a notebook cell (cell_type and source); {how}")
+    return nb
+
 def _read_notebook(path:Path) -> dict:
-    "The notebook at `path` as a plain dict."
-    try: return json.loads(Path(path).read_text(encoding='utf-8'))
+    "The notebook at `path` as a plain dict, its shape checked."
+    try: return _check_shape(json.loads(Path(path).read_text(encoding='utf-8')), path)
     except FileNotFoundError:
         raise NotebookError(f"notebook {path} does not exist; check the path (relative to {Path.cwd()})") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -65,6 +76,43 @@ def notebook_parameters(path) -> dict:
     i, src = _parameters_cell(_read_notebook(path), path)
     return _parse_defaults(src, f"the parameters cell (cell {i}) of {path}")
 
+def parameter_rules(path) -> dict:
+    "The value rules the parameters cell of a notebook declares in its comments, `{name: [(op, bound), ...]}`."
+    i, src = _parameters_cell(_read_notebook(path), path)
+    return _parse_rules(src, f"the parameters cell (cell {i}) of {path}")
+
+# %% ../../nbs/60_pipeline.runner.ipynb #8eb671fc
+_OPS = {'>=': operator.ge, '>': operator.gt, '<=': operator.le, '<': operator.lt}
+_RULE = re.compile(r'^\s*(>=|<=|>|<)\s*(\S+)\s*$')
+
+def _comments(src:str) -> dict:
+    "`{line number: comment text}` of the comments in `src`."
+    toks = tokenize.generate_tokens(io.StringIO(src).readline)
+    return {t.start[0]: t.string.lstrip('#').strip() for t in toks if t.type == tokenize.COMMENT}
+
+def _one_rule(text, where) -> list:
+    "The comparisons of the rule `text` (the part of a comment after its last `;`); [] when it is prose."
+    if text.startswith('in ') or text.startswith('in['):
+        try: choices = ast.literal_eval(text[2:].strip())
+        except (ValueError, SyntaxError): choices = None
+        if not isinstance(choices, list) or not choices:
+            raise NotebookError(f"the rule `; {text}` in {where} is not understood; write e.g. `; in ['a', 'b']` (a Python list)")
+        return [('in', choices)]
+    parts = [_RULE.match(p) for p in text.split(',')]
+    if not any(parts) and not text.lstrip().startswith(tuple(_OPS)): return []
+    try: return [(m[1], float(m[2]) if any(c in m[2] for c in '.eE') else int(m[2])) for m in parts]
+    except (TypeError, ValueError):
+        raise NotebookError(f"the rule `; {text}` in {where} is not understood; write comparisons with numbers "
+                            f"separated by commas, e.g. `; >= 1` or `; > 0, <= 1`") from None
+
+def _parse_rules(src:str, where:str) -> dict:
+    "`{name: [(op, bound), ...]}` from the comments ending the assignments of a parameters cell."
+    comments, rules = _comments(src), {}
+    for st in ast.parse(src).body:
+        text = comments.get(st.end_lineno, '')
+        if ';' in text and (rule := _one_rule(text.rsplit(';', 1)[1].strip(), where)): rules[_assignment(st, src, where)[0]] = rule
+    return rules
+
 # %% ../../nbs/60_pipeline.runner.ipynb #a201d86b
 def _is_json(value) -> bool:
     "Whether `value` is a plain JSON value (exact types: a numpy float is not one)."
@@ -99,6 +147,23 @@ def _check_name(name, defaults:dict, notebook:str):
         valid = ', '.join(defaults) or '(none: its parameters cell is empty)'
         raise ParameterError(f"unknown parameter {name!r} for {notebook}; {hint}valid parameters: {valid}")
 
+def _how_to_write(default) -> str:
+    "How to write a value of the default's type, for messages."
+    if isinstance(default, bool): return 'write true or false'
+    if isinstance(default, int): return 'write a whole number, e.g. 3'
+    if isinstance(default, float): return 'write a number, e.g. 0.001 or 1e-3'
+    if isinstance(default, str): return "write text (quote it if it looks like a number, e.g. '10')"
+    if isinstance(default, (list, tuple)): return 'write a list, e.g. [1, 2]'
+    return 'write a mapping, e.g. {a: 1}'
+
+def _rule_text(rule) -> str: return ', '.join(f"in {b!r}" if op == 'in' else f"{op} {b}" for op, b in rule)
+
+def _check_rule(name:str, value, rule, notebook:str):
+    "Refuse a value outside the rule its parameters cell declares."
+    ok = all(value in b if op == 'in' else isinstance(value, (int, float)) and _OPS[op](value, b) for op, b in rule)
+    if not ok: raise ParameterError(f"parameter {name!r} of {notebook} must be {_rule_text(rule)} (its parameters cell says so), "
+                                    f"got {_short(value)}")
+
 def _check_value(name:str, value, default, notebook:str):
     "Refuse a value that is not JSON or does not match the default's type."
     if not _is_json(value):
@@ -107,16 +172,19 @@ def _check_value(name:str, value, default, notebook:str):
     if not _type_ok(value, default):
         want = 'a number' if isinstance(default, float) and not isinstance(default, bool) else f'a {type(default).__name__}'
         raise ParameterError(f"parameter {name!r} of {notebook} must be {want} like its default {_short(default)}, "
-                             f"got {type(value).__name__} {_short(value)}")
+                             f"got {type(value).__name__} {_short(value)}; {_how_to_write(default)}")
 
 def validate_parameters(given:dict,    # the values to run with, e.g. from pipeline.yaml and the command line
                         defaults:dict, # the notebook's defaults, from `notebook_parameters`
-                        notebook:str   # how to name the notebook in messages
+                        notebook:str,  # how to name the notebook in messages
+                        rules=None     # `{name: rule}` from `parameter_rules`, checked for every given value
                        ) -> dict:
     "The notebook's defaults updated with `given`, after checking every name and value."
-    given = dict(given or {})
+    given, rules = dict(given or {}), rules or {}
     for name in given: _check_name(name, defaults, notebook)  # every name first: nothing odd reaches a value check
-    for name, value in given.items(): _check_value(name, value, defaults[name], notebook)
+    for name, value in given.items():
+        _check_value(name, value, defaults[name], notebook)
+        if name in rules: _check_rule(name, value, rules[name], notebook)
     floats = {k: float(v) for k, v in given.items() if type(defaults[k]) is float and type(v) is int}
     return {**defaults, **given, **floats}  # the notebook sees the type its default declares
 
@@ -194,6 +262,9 @@ def _papermill(notebook:Path, partial:Path, parameters:dict, kernel_name:str, ti
     from papermill.execute import prepare_notebook_metadata, remove_error_markers, raise_for_execution_errors
     from papermill.engines import papermill_engines
     nb = load_notebook_node(str(notebook))
+    if not (nb.metadata.get('kernelspec') or {}).get('language'):  # a notebook written by a script: the kernel it runs in says
+        lang = getattr(getattr(km, 'kernel_spec', None), 'language', None) or 'python'
+        nb.metadata['kernelspec'] = {'name': kernel_name, 'language': lang, 'display_name': kernel_name}
     if parameters: nb = parameterize_notebook(nb, parameters, kernel_name=kernel_name)
     nb = remove_error_markers(prepare_notebook_metadata(nb, str(notebook), str(partial)))
     nb = papermill_engines.execute_notebook_with_engine(None, nb, kernel_name=kernel_name, input_path=str(notebook),
