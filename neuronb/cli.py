@@ -225,14 +225,6 @@ def _train_parser(sub):
     t.add_argument('--wait', action='store_true', help='if another writer holds the project, wait for it instead of refusing')
     return t
 
-def _ancestors(project, name) -> list:
-    "`name` and every stage it depends on, directly or not."
-    from neuronb.pipeline.project import dependencies
-    deps, out, todo = dependencies(project), set(), [name]
-    while todo:
-        n = todo.pop()
-        if n not in out: out.add(n); todo.extend(deps[n])
-    return [s.name for s in project.stages if s.name in out]
 
 def cmd_train(args):
     if args.join:
@@ -240,7 +232,7 @@ def cmd_train(args):
         launch(args.join, args.nproc or 1, args.nnodes, args.node_rank, args.rdzv_endpoint, args.timeout)
         print(f"This machine's share of {args.join} finished")
         return 0
-    from neuronb.pipeline.project import load_project, parse_overrides
+    from neuronb.pipeline.project import load_project, parse_overrides, upstream
     from neuronb.pipeline.engine import run_pipeline, summary_table
     if args.nproc is not None and args.nproc < 1:
         raise NeuronbError(f"--nproc must be 1 or more (processes to train in), not {args.nproc}")
@@ -250,7 +242,7 @@ def cmd_train(args):
     if args.nproc is not None: over.setdefault('train', {})['nproc'] = args.nproc
     if args.find_lr: over.setdefault('train', {})['find_lr'] = True
     if args.resume: over.setdefault('train', {})['resume'] = True
-    run = run_pipeline(project, overrides=over, only=_ancestors(project, 'train'), argv=args.argv, wait=args.wait)
+    run = run_pipeline(project, overrides=over, only=upstream(project, 'train'), argv=args.argv, wait=args.wait)
     if run.run_id is None:
         print("The train stage is up to date; `neuronb run --from train` reruns it anyway.")
         return 0

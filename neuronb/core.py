@@ -4,14 +4,14 @@
 
 # %% ../nbs/00_core.ipynb #85bb12d0
 from __future__ import annotations
-import json, math, os
+import hashlib, json, math, os
 from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['RECORD_MIME', 'PIPELINE_FILE', 'NeuronbError', 'ConfigError', 'ParameterError', 'NotebookError', 'StageFailed',
            'StorageError', 'DataError', 'ModelError', 'utc_now', 'record', 'recorded_metrics', 'find_project_dir',
-           'atomic_write']
+           'atomic_write', 'StatCache']
 
 # %% ../nbs/00_core.ipynb #18c134b7
 class NeuronbError(Exception):
@@ -101,3 +101,37 @@ def atomic_write(path,  # the file to write
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+# %% ../nbs/00_core.ipynb #593a0ec3
+class StatCache:
+    "File hashes kept under a stamp (size, mtime or ETag) in a JSON file, so unchanged files are not read again."
+    def __init__(self, path=None): # the JSON file; None: kept in memory only
+        self.path, self.entries, self.dirty = (Path(path) if path else None), {}, False
+        if self.path and self.path.exists():
+            try: self.entries = json.loads(self.path.read_text())
+            except ValueError: self.entries = {}  # a damaged cache only costs re-hashing
+
+    def get(self, key, stamp) -> tuple|None:
+        "`(hash, size, reason, checked)` cached for `key` under `stamp`, or None (`checked`: the image check ran)."
+        hit = self.entries.get(key)
+        if stamp is None or not hit or hit[:2] != list(stamp): return None
+        return hit[2], stamp[0], hit[3] if len(hit) > 3 else None, bool(hit[4]) if len(hit) > 4 else False
+
+    def put(self, key, stamp, digest, reason=None, checked=False):
+        "Remember `digest` (and why the file was rejected, if it was) for `key` under `stamp`."
+        if stamp is not None: self.entries[key], self.dirty = [*stamp, digest, reason, checked], True
+
+    def file_hash(self, path) -> str:
+        "SHA-256 of the local file at `path`, read only when its size or mtime changed."
+        st = os.stat(path)
+        key, stamp = str(Path(path).resolve()), [st.st_size, st.st_mtime_ns]
+        if hit := self.get(key, stamp): return hit[0]
+        h = hashlib.sha256()
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+        self.put(key, stamp, h.hexdigest())
+        return h.hexdigest()
+
+    def save(self):
+        "Write the cache back if it changed (atomically: a crash leaves the old one)."
+        if self.path and self.dirty: atomic_write(self.path, json.dumps(self.entries)); self.dirty = False

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 import fsspec
 from fastcore.basics import patch
-from ..core import StorageError, DataError
+from ..core import StorageError, DataError, utc_now
 
 # %% auto #0
 __all__ = ['OBJECT_PROTOCOLS', 'TMP_MARK', 'NotInStore', 'Store', 'open_store', 'table_bytes', 'sha256_bytes', 'check_image',
@@ -290,7 +290,7 @@ def ingest_files(source,            # a folder (path or fsspec URL) holding the 
         else: store.write_bytes(_object_rel(digest, ext), data); rep.added += 1; rep.new.append(name)
         files[name] = digest
     rep.manifest = dict(name=manifest, source=str(source), pattern=pattern, n=len(files),
-                        created=datetime.now(timezone.utc).isoformat(timespec='seconds'), files=files,
+                        created=utc_now('seconds'), files=files,
                         duplicates=dict(rep.duplicates), rejected=dict(rep.rejected))
     store.write_json(f"manifests/{manifest}.json", rep.manifest)
     return rep

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from .storage import open_store, Store, NotInStore, check_image, sha256_bytes, _object_rel, _filesystem, _is_tmp, TMP_MARK
-from ..core import StorageError, DataError, atomic_write
+from ..core import StorageError, DataError, StatCache, atomic_write, utc_now
 
 # %% auto #0
-__all__ = ['VERSIONS', 'IMAGE_SUFFIXES', 'SourceFile', 'create_new', 'default_cache_path', 'StatCache', 'list_source',
-           'AddReport', 'hash_files', 'add_files', 'remove_files', 'commit', 'ingest_source', 'datasets', 'log',
-           'resolve', 'version_files', 'diff', 'status', 'unstage', 'checkout', 'push', 'pull', 'verify', 'gc']
+__all__ = ['VERSIONS', 'IMAGE_SUFFIXES', 'SourceFile', 'create_new', 'default_cache_path', 'list_source', 'AddReport',
+           'hash_files', 'add_files', 'remove_files', 'commit', 'ingest_source', 'datasets', 'log', 'resolve',
+           'version_files', 'diff', 'status', 'unstage', 'checkout', 'push', 'pull', 'verify', 'gc']
 
 # %% ../../nbs/12_data.versions.ipynb #1ca7bcdf
 VERSIONS = 'versions'
@@ -37,7 +37,6 @@ def _ext(name) -> str:
     base = name.rsplit('/', 1)[-1]
     i = base.rfind('.')
     return base[i:].lower() if 0 < i < len(base) - 1 else ''
-def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='seconds')
 
 # %% ../../nbs/12_data.versions.ipynb #d84b1127
 def _is_local(fs) -> bool:
@@ -69,29 +68,6 @@ def default_cache_path() -> Path:
     "Where the stat cache of source-file hashes lives unless told otherwise."
     base = os.environ.get('NEURONB_CACHE_DIR') or Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'neuronb'
     return Path(base)/'data-hashes.json'
-
-class StatCache:
-    "Source-file hashes kept under (size, mtime) in a JSON file, so unchanged files are not read again."
-    def __init__(self, path=None):
-        self.path, self.entries, self.dirty = (Path(path) if path else None), {}, False
-        if self.path and self.path.exists():
-            try: self.entries = json.loads(self.path.read_text())
-            except ValueError: self.entries = {}
-
-    def get(self, key, stamp):
-        "`(hash, size, reason, checked)` cached for `key` under `stamp`, or None (`checked`: the image check ran)."
-        hit = self.entries.get(key)
-        if stamp is None or not hit or hit[:2] != stamp: return None
-        return hit[2], stamp[0], hit[3], bool(hit[4]) if len(hit) > 4 else False
-
-    def put(self, key, stamp, digest, reason=None, checked=False):
-        if stamp is not None: self.entries[key], self.dirty = [*stamp, digest, reason, checked], True
-
-    def save(self):
-        "Write the cache back if it changed (atomically: a crash leaves the old one)."
-        if self.path and self.dirty:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, json.dumps(self.entries)); self.dirty = False
 
 # %% ../../nbs/12_data.versions.ipynb #5dd5ba36
 SourceFile = namedtuple('SourceFile', 'name fs path key stamp')  # fs None: a local file read with open()
@@ -399,7 +375,7 @@ def add_files(store,              # a `Store` or a URL for `open_store`
     changes, sizes, rep = _classify(results, files, replace, into)
     if replace: rep.removed = sorted(set(files) - {f"{into}{r[0]}" for r in results if not r[3]})
     if changes or rep.removed:
-        delta = {'set': changes, 'sizes': sizes, 'remove': rep.removed, 'time': _now(), 'source': f"{len(srcs)} files" if _is_files(source) else str(source)}
+        delta = {'set': changes, 'sizes': sizes, 'remove': rep.removed, 'time': utc_now('seconds'), 'source': f"{len(srcs)} files" if _is_files(source) else str(source)}
         store.write_json(f"{_staged(ds)}/{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json", delta)
     cache.save()
     rep.dataset, rep.files, rep.new_objects, rep.skipped = ds, len(srcs), sum(r[4] for r in results), skipped
@@ -418,7 +394,7 @@ def remove_files(store,          # a `Store` or a URL for `open_store`
     if not gone: raise DataError(f"no file in dataset {ds!r} matches {', '.join(map(repr, patterns))}; "
                                  f"`status` or `checkout` shows the names")
     store.write_json(f"{_staged(ds)}/{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json",
-                     {'set': {}, 'sizes': {}, 'remove': gone, 'time': _now()})
+                     {'set': {}, 'sizes': {}, 'remove': gone, 'time': utc_now('seconds')})
     return gone
 
 # %% ../../nbs/12_data.versions.ipynb #151e27b5
@@ -449,7 +425,7 @@ def commit(store,          # a `Store` or a URL for `open_store`
         if not head and not files: raise DataError(f"nothing to commit in dataset {ds!r}: add files first "
                                                    f"(add_files / `neuronb data add SOURCE`)")
         manifest = store.put_object(_canonical({'files': files, 'sizes': {h: sizes.get(h, 0) for h in set(files.values())}}), '.json')
-        record = dict(dataset=ds, parent=head['id'] if head else None, message=message, time=_now(),
+        record = dict(dataset=ds, parent=head['id'] if head else None, message=message, time=utc_now('seconds'),
                       manifest=manifest, n=len(files), bytes=sum(sizes.get(h, 0) for h in files.values()))
         cid = store.put_object(_canonical(record), '.json')
         entry = dict(record, id=cid, seq=seq + 1, **{k: len(v) for k, v in _changes(old, files).items()})

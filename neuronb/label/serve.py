@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio, hashlib, hmac, html, json, os, re, secrets, signal, socket, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
 from pathlib import Path
-from ..core import ConfigError, DataError, ParameterError, NeuronbError, atomic_write
+from ..core import ConfigError, DataError, ParameterError, NeuronbError, atomic_write, utc_now
 
 # %% auto #0
 __all__ = ['JOB_ENV', 'ANNOTATOR_HEADER', 'ANNOTATOR_ENV', 'labeling_settings', 'check_annotators', 'check_overlap',
@@ -88,7 +88,7 @@ def job_path(project, port) -> Path: return Path(project.root)/'.neuronb'/'label
 def make_job(project, settings, items, annotators, overlap, tokens, data_version=None) -> dict:
     "The job record: settings, each annotator's queue and token hash (never the token)."
     queues = assign_queues(items, annotators, overlap)
-    return {'job': 1, 'project': str(Path(project.root).resolve()), 'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
+    return {'job': 1, 'project': str(Path(project.root).resolve()), 'created': utc_now('seconds'),
             **{k: settings.get(k) for k in ('notebook', 'dataset', 'classes', 'multi_label', 'boxes', 'instructions')},
             'data_version': data_version, 'overlap': overlap, 'items': len(items),
             'annotators': {a: {'token_sha256': token_hash(tokens[a]), 'queue': [list(i) for i in queues[a]]} for a in annotators}}

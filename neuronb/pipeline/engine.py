@@ -9,13 +9,13 @@ from concurrent.futures import ThreadPoolExecutor, FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from ..core import ConfigError, StageFailed, atomic_write, utc_now
-from .project import Project, load_project, dependencies, check_parameters
-from .fingerprint import HashCache, stage_parts, fingerprint, output_hashes, why_changed
+from ..core import ConfigError, StageFailed, StatCache, atomic_write, utc_now
+from .project import Project, load_project, dependencies, downstream, check_parameters
+from .fingerprint import stage_parts, fingerprint, output_hashes, why_changed
 
 # %% auto #0
-__all__ = ['StagePlan', 'plan_stage', 'pipeline_status', 'downstream', 'select_stages', 'StageOutcome', 'PipelineRun',
-           'check_storage', 'bury_dead_runs', 'run_pipeline', 'RunInterrupted', 'summary_table', 'toy_project']
+__all__ = ['StagePlan', 'plan_stage', 'pipeline_status', 'select_stages', 'StageOutcome', 'PipelineRun', 'check_storage',
+           'bury_dead_runs', 'run_pipeline', 'RunInterrupted', 'summary_table', 'toy_project']
 
 # %% ../../nbs/64_pipeline.engine.ipynb #2c7b1417
 @dataclass
@@ -33,7 +33,7 @@ def _registry(project):
     from neuronb.pipeline.registry import open_registry
     return open_registry(project.registry, project_root=project.root)
 
-def _cache(project): return HashCache(project.root/'.neuronb'/'hashes.json')
+def _cache(project): return StatCache(project.root/'.neuronb'/'hashes.json')
 
 def _store_opener(project):
     "A callable opening the project's store once, when a `dataset:` input first needs it."
@@ -84,13 +84,6 @@ def pipeline_status(project, overrides=None) -> list:
     return plans
 
 # %% ../../nbs/64_pipeline.engine.ipynb #16b3f2fa
-def downstream(project, names) -> list:
-    "`names` and every stage that depends on them, directly or not, in pipeline order."
-    deps, out = dependencies(project), set(names)
-    for s in project.stages:  # pipeline order is a topological order once check_graph passed
-        if any(d in out for d in deps[s.name]): out.add(s.name)
-    return [s.name for s in project.stages if s.name in out]
-
 def select_stages(project, only=None, from_=None, force=False) -> tuple:
     "`(stages to consider, stages to run even if fresh)`, both lists of names in pipeline order."
     only = [only] if isinstance(only, str) else list(only or [])

@@ -6,10 +6,10 @@
 from __future__ import annotations
 import hashlib, json, os
 from pathlib import Path
-from ..core import atomic_write
+from ..core import StatCache, atomic_write
 
 # %% auto #0
-__all__ = ['canonical', 'notebook_code_hash', 'HashCache', 'path_hash', 'source_hash', 'input_hash', 'stage_parts', 'fingerprint',
+__all__ = ['canonical', 'notebook_code_hash', 'path_hash', 'source_hash', 'input_hash', 'stage_parts', 'fingerprint',
            'output_hashes', 'why_changed']
 
 # %% ../../nbs/63_pipeline.fingerprint.ipynb #0089d603
@@ -25,35 +25,10 @@ def notebook_code_hash(path) -> str:
     code = [''.join(c.get('source', '')) for c in nb.get('cells', []) if c.get('cell_type') == 'code']
     return _sha(canonical(code))
 
-# %% ../../nbs/63_pipeline.fingerprint.ipynb #e68ac268
-class HashCache:
-    "File hashes kept under (size, mtime) in a JSON file, so unchanged files are not read again."
-    def __init__(self, path=None):
-        self.path, self.entries, self.dirty = (Path(path) if path else None), {}, False
-        if self.path and self.path.exists():
-            try: self.entries = json.loads(self.path.read_text())
-            except ValueError: self.entries = {}  # a damaged cache only costs re-hashing
-
-    def file_hash(self, path) -> str:
-        "SHA-256 of the file at `path`, from the cache when its size and mtime are unchanged."
-        st = os.stat(path)
-        key, stamp = str(Path(path).resolve()), [st.st_size, st.st_mtime_ns]
-        hit = self.entries.get(key)
-        if hit and hit[:2] == stamp: return hit[2]
-        h = hashlib.sha256()
-        with open(path, 'rb') as f:
-            for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
-        self.entries[key], self.dirty = stamp + [h.hexdigest()], True
-        return h.hexdigest()
-
-    def save(self):
-        "Write the cache back if it changed (atomically: a crash leaves the old one)."
-        if self.path and self.dirty: atomic_write(self.path, json.dumps(self.entries)); self.dirty = False
-
 # %% ../../nbs/63_pipeline.fingerprint.ipynb #9e09ae5b
 def path_hash(path, cache=None) -> str|None:
     "Content hash of a file or a folder (recursively), or None when it does not exist."
-    path, cache = Path(path), cache or HashCache()
+    path, cache = Path(path), cache or StatCache()
     if path.is_file(): return cache.file_hash(path)
     if not path.is_dir(): return None
     entries = sorted((str(p.relative_to(path)), cache.file_hash(p)) for p in path.rglob('*')

@@ -11,8 +11,8 @@ from pathlib import Path
 from ..core import ConfigError, NeuronbError, StageFailed, PIPELINE_FILE, find_project_dir, atomic_write
 
 # %% auto #0
-__all__ = ['Stage', 'Project', 'producers', 'dependencies', 'check_graph', 'load_yaml', 'parse_pipeline', 'parse_labeling',
-           'load_project', 'check_parameters', 'parse_overrides']
+__all__ = ['Stage', 'Project', 'producers', 'dependencies', 'upstream', 'downstream', 'check_graph', 'load_yaml',
+           'parse_pipeline', 'parse_labeling', 'load_project', 'check_parameters', 'parse_overrides']
 
 # %% ../../nbs/61_pipeline.project.ipynb #a0140a62
 @dataclass
@@ -66,6 +66,23 @@ def dependencies(project) -> dict:
         from_files = [made[o] for i in s.inputs for o in made if _inside(i, o) or _inside(o, i)]
         deps[s.name] = [n for n in dict.fromkeys(from_files + s.needs) if n != s.name]
     return deps
+
+def _names(names) -> set: return {names} if isinstance(names, str) else set(names)
+
+def upstream(project, names, deps=None) -> list:
+    "`names` and every stage they depend on, directly or not, in pipeline order."
+    deps, out, todo = deps or dependencies(project), set(), list(_names(names))
+    while todo:
+        n = todo.pop()
+        if n not in out: out.add(n); todo.extend(deps[n])
+    return [s.name for s in project.stages if s.name in out]
+
+def downstream(project, names, deps=None) -> list:
+    "`names` and every stage that depends on them, directly or not, in pipeline order."
+    deps, out = deps or dependencies(project), _names(names)
+    for s in project.stages:  # pipeline order is a topological order once check_graph passed
+        if any(d in out for d in deps[s.name]): out.add(s.name)
+    return [s.name for s in project.stages if s.name in out]
 
 # %% ../../nbs/61_pipeline.project.ipynb #0a26b7c7
 def _check_outputs(project, path):

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from fastcore.basics import patch
-from ..core import ConfigError, atomic_write, find_project_dir
+from ..core import ConfigError, atomic_write, find_project_dir, utc_now
 
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'RUN_STATUSES', 'STAGE_STATUSES', 'FAILED_STATUSES', 'DEFAULT_REGISTRY', 'register_backend',
@@ -37,7 +37,6 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS neuronb_stage_runs_by_stage ON neuronb_stage_runs (stage, status, started)",
 ]
 
-def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
 
 # %% ../../nbs/62_pipeline.registry.ipynb #d5107595
 _backends = {}
@@ -297,7 +296,7 @@ def start_run(self:Registry, project:str, # the project's name
     "Record that run `run_id` of `project` began."
     row = dict(run_id=run_id, project=project, folder=str(folder), argv=_json(list(argv) if argv is not None else None),
                info=_json({**_who(), 'neuronb': _neuronb_version(), **(info or {})}),
-               started=_now())
+               started=utc_now())
     with self.backend.transaction(write=True) as tx:
         old = tx.rows('SELECT project FROM neuronb_runs WHERE run_id = :run_id', run_id=run_id)
         if old and old[0]['project'] != project:
@@ -336,7 +335,7 @@ def record_stage(self:Registry, run_id:str, stage:str, *,
                reused_from=reused_from, fingerprint=fingerprint, parameters=_json(parameters or {}), inputs=_json(inputs or {}),
                outputs=_json(outputs or {}), metrics=_json(metrics or {}), notebook=None if notebook is None else str(notebook),
                html=None if html is None else str(html), started=started,
-               duration=None if duration is None else float(duration), error=_json(error), recorded=_now())
+               duration=None if duration is None else float(duration), error=_json(error), recorded=utc_now())
     sets = ', '.join(f'{f} = :{f}' for f in _STAGE_FIELDS)
     with self.backend.transaction(write=True) as tx:
         _require_run(tx, run_id, self.where)

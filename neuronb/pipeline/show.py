@@ -5,7 +5,7 @@
 # %% ../../nbs/65_pipeline.show.ipynb #898dcf32
 from __future__ import annotations
 import html
-from .project import Project, load_project, dependencies
+from .project import Project, load_project, dependencies, upstream
 
 # %% auto #0
 __all__ = ['layers', 'drawn_edges', 'pipeline_svg', 'PipelineView', 'show_pipeline']
@@ -29,16 +29,11 @@ def _positions(project):
     return pos
 
 # %% ../../nbs/65_pipeline.show.ipynb #8114ff7c
-def _ancestors(deps, name, seen=None) -> set:
-    seen = set() if seen is None else seen
-    for d in deps[name]:
-        if d not in seen: seen.add(d); _ancestors(deps, d, seen)
-    return seen
-
 def drawn_edges(project) -> dict:
     "`{stage: deps}` without the edges another path already implies (prepare → demo when prepare → train → demo)."
     deps = dependencies(project)
-    return {s: [d for d in ds if not any(d in _ancestors(deps, o) for o in ds if o != d)] for s, ds in deps.items()}
+    above = {s: set(upstream(project, s, deps)) - {s} for s in deps}
+    return {s: [d for d in ds if not any(d in above[o] for o in ds if o != d)] for s, ds in deps.items()}
 
 def pipeline_svg(project, states=None) -> str:
     "The stage graph as an SVG string; `states` maps a stage to `(state, reason)`."
