@@ -240,16 +240,19 @@ KILLED = textwrap.dedent('''
     for r in range(1000):
         d = src/f"{os.getpid()}-{r}"; d.mkdir(parents=True)
         for i in range(60): Image.frombytes('L', (8, 8), os.urandom(64)).save(d/f"{i}.png")
-        add_files(store, d, into=d.name, cache=False, progress=False)
-        commit(store, message=f"round {r}"); print(r, flush=True)
+        print(f"adding {r}", flush=True); add_files(store, d, into=d.name, cache=False, progress=False)
+        print(f"committing {r}", flush=True); commit(store, message=f"round {r}")
 ''')
 
 def test_killed_process_leaves_previous_version_intact(tmp_path):
     store, grew = tmp_path/'store', 0
-    for i, delay in enumerate((1.0, 1.35, 1.7)):
+    # killed as it starts adding, as it starts committing, and a few rounds in: wherever the line says it is
+    for i, when in enumerate(('committing 1', 'adding 2', 'committing 3')):
         before = [e['id'] for e in log(store, limit=None)] if (store/'versions').exists() else []
         p = subprocess.Popen([sys.executable, '-c', KILLED, str(store), str(tmp_path/'src')], stdout=subprocess.PIPE, text=True)
-        time.sleep(delay); p.send_signal(signal.SIGKILL); p.communicate()
+        for line in p.stdout:
+            if line.strip() == when: break
+        p.send_signal(signal.SIGKILL); p.communicate()
         st = open_store(store)
         objects_sound(st)
         if not st.exists('versions'): continue

@@ -106,10 +106,9 @@ def test_labeling_in_chromium(digits_store):
             page.keyboard.press('5'); _wait_count(folder, 'alice', 2)
             page.keyboard.press('s'); _wait_count(folder, 'alice', 3)
             page.keyboard.press('u'); _wait_count(folder, 'alice', 4)
-            time.sleep(0.3)
+            _wait_text(page, '.nb-progress', '2 / 8')  # the page has handled every key: no event is still on its way
             df = EventStore(store).events('alice')
             assert list(df.kind) == ['label', 'label', 'skip', 'undo'] and list(df.label[:2]) == ['3', '5'], df[['name', 'kind', 'label', 'ts']]
-            _wait_text(page, '.nb-progress', '2 / 8')
             assert df.parent.iloc[3] == df.id.iloc[2]
             waits = []
             for k in range(6):  # the rest, by click: time from the click to the stored event (Playwright's own time included)

@@ -5,6 +5,14 @@ from collections import Counter
 from pathlib import Path
 import pytest
 
+
+def _until(cond, what, deadline=60):
+    "Wait until `cond()` is true, failing after `deadline` seconds."
+    end = time.monotonic() + deadline
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
 ENV = {**os.environ, 'WANDB_MODE': 'disabled'}
 N_ITEMS = 12
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -205,8 +213,7 @@ def test_kernel_cap_refuses_a_visit_beyond_it_with_a_page_saying_so(project):
     finally:
         code = s.stop(signal.SIGINT)
     assert code == 0
-    time.sleep(0.5)
-    assert _marked(s.job) == []                                             # Voila and every kernel are gone
+    _until(lambda: _marked(s.job) == [], 'Voila and every kernel to exit')
 
 
 def test_stopping_the_server_leaves_no_kernels(project):
@@ -218,8 +225,7 @@ def test_stopping_the_server_leaves_no_kernels(project):
     assert s.get('/', token=s.tokens['frank'])[0] == 200                    # which does not stop frank
     assert len(_marked(s.job)) >= 4                                         # Voila and three kernels
     assert s.stop() == 0
-    time.sleep(0.5)
-    assert _marked(s.job) == []
+    _until(lambda: _marked(s.job) == [], 'Voila and every kernel to exit')
 
 
 def test_bad_annotators_and_overlap_are_refused(project, tmp_path):

@@ -124,7 +124,7 @@ def test_killed_writer_leaves_the_registry_readable(tmp_path):
     con.close()
     with open_registry(db) as reg:
         run = reg.run('victim')
-        assert run['status'] == 'running'  # the uncommitted update is gone: the run was killed mid-way
+        assert run['status'] == 'dead'  # the uncommitted 'ok' is gone, and its process with it: shown dead, not running
         assert len(run['stages']) == 21 and {s['status'] for s in run['stages']} == {'running'}
         reg.backend.busy_timeout = 1
         t = time.time()

@@ -283,12 +283,25 @@ def test_threads_share_a_pool(tmp_path):
     assert kernel_children() == []
 
 
+def test_pool_replaces_a_pooled_kernel_that_died_before_it_was_handed_out(tmp_path):
+    nb = make_nb(tmp_path/'s.ipynb', params("tag = 'none'"), "import os\nfrom neuronb.core import record\nrecord('pid', os.getpid())")
+    with KernelPool(size=1, cwd=tmp_path) as pool:
+        km = pool._idle[0][1].result(timeout=60)
+        dead = km.provisioner.pid
+        os.kill(dead, signal.SIGKILL)                      # an OOM kill or a crash while it waited
+        deadline = time.monotonic() + 60
+        while is_alive(km): assert time.monotonic() < deadline, 'the killed kernel still looks alive'; time.sleep(0.05)
+        res = run_notebook(nb, tmp_path/'runs'/'1.ipynb', pool=pool, timeout=60)
+        assert res.ok, res.error
+        assert res.metrics['pid'] != dead
+    assert kernel_children() == []
+
+
 def test_pool_stage_runs_on_the_kernel_started_ahead(tmp_path):
     nb = make_nb(tmp_path/'s.ipynb', params("tag = 'none'"), "import os\nfrom neuronb.core import record\n"
                  "record('pid', os.getpid()); record('leftover', 'secret' in globals())\nsecret = 1")
     with KernelPool(size=1, cwd=tmp_path) as pool:
-        ahead = pool._idle[0][1].result(timeout=30).provisioner.pid
-        time.sleep(1)  # the kernel boots meanwhile, as while a previous stage runs
+        ahead = pool._idle[0][1].result(timeout=30).provisioner.pid  # started ahead, as while a previous stage runs
         first = run_notebook(nb, tmp_path/'runs'/'1.ipynb', pool=pool, timeout=30)
         second = run_notebook(nb, tmp_path/'runs'/'2.ipynb', pool=pool, timeout=30)
         assert len(kernel_children()) == 1  # the next stage's kernel, waiting
