@@ -193,3 +193,27 @@ def test_pipeline_yaml_mistakes_are_one_line(digits_project, tmp_path):
         assert r.returncode == 1 and 'is not valid YAML: ' in r.stderr and ', column ' in r.stderr, r.stderr
         assert r.stderr.count('\n') == 1, r.stderr
     finally: (digits_project/'pipeline.yaml').write_text(text)
+
+
+def test_lock_on_object_storage_is_an_expiring_lease(s3_endpoint, aws_env):
+    "On S3 the lock is an object written with exclusive create; a holder elsewhere whose lease ran out is taken over."
+    import boto3
+    from neuronb.data.storage import open_store
+    from neuronb.pipeline.lock import LOCK_PATH, ProjectBusy, ProjectLock
+    boto3.client('s3', endpoint_url=s3_endpoint, region_name='us-east-1').create_bucket(Bucket='leases')
+    st = open_store('s3://leases/proj', endpoint_url=s3_endpoint)
+    said = []
+    with ProjectLock(st, 'neuronb run A', echo=lambda *a, **k: said.append(a[0])):
+        with pytest.raises(ProjectBusy, match=r'in use by `neuronb run A` \(pid \d+ on '):
+            ProjectLock(st, 'neuronb run B').acquire()
+    assert not st.exists(LOCK_PATH)
+    # a holder on another machine: its pid cannot be checked from here, so only its lease decides
+    doc = {'host': 'gpu-box-7', 'pid': 4242, 'command': 'neuronb train', 'since': '2026-12-01T10:00:00.000+00:00', 'token': 'x'}
+    st.write_bytes(LOCK_PATH, json.dumps({**doc, 'expires': time.time() + 3600}).encode())
+    with pytest.raises(ProjectBusy, match='in use by `neuronb train` .*gpu-box-7'):
+        ProjectLock(st, 'neuronb run B').acquire()
+    st.write_bytes(LOCK_PATH, json.dumps({**doc, 'expires': time.time() - 1}).encode())
+    with ProjectLock(st, 'neuronb run B', echo=lambda *a, **k: said.append(a[0])) as lock:
+        assert lock.taken_over['host'] == 'gpu-box-7'
+        assert json.loads(st.read_bytes(LOCK_PATH))['command'] == 'neuronb run B'
+    assert any('Taking over the project lock of `neuronb train`' in s and 'its lease expired' in s for s in said), said

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json, os, shlex, socket, sys, threading, time, uuid
 from datetime import datetime, timezone
 from ..core import NeuronbError, utc_now
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['LOCK_PATH', 'LEASE_SECONDS', 'TOKEN_ENV', 'ProjectBusy', 'process_info', 'process_alive', 'describe_holder',
-           'ProjectLock', 'stale_reason', 'acquire', 'release']
+           'ProjectLock', 'stale_reason']
 
 # %% ../../nbs/63a_pipeline.lock.ipynb #a426e355
 LOCK_PATH = 'locks/writer.json'
@@ -82,11 +83,12 @@ def stale_reason(doc:dict, now=None) -> str|None:
     return None
 
 # %% ../../nbs/63a_pipeline.lock.ipynb #391d0d00
+@patch
 def _doc(self:ProjectLock) -> bytes:
     return (json.dumps({**process_info(self.command), 'token': self.token, 'since': self.since,
                         'expires': time.time() + self.lease}, indent=1) + '\n').encode()
-ProjectLock._doc = _doc
 
+@patch
 def _try(self:ProjectLock) -> dict|None:
     "Take the lock if nobody holds it (or only a dead holder does); else the live holder's document."
     from neuronb.data.versions import create_new
@@ -102,8 +104,8 @@ def _try(self:ProjectLock) -> dict|None:
             self.echo(f"Taking over the project lock of {describe_holder(doc)}: {why}.", flush=True)
             self.taken_over = doc
             _remove(self.store)
-ProjectLock._try = _try
 
+@patch
 def acquire(self:ProjectLock):
     "Take the lock, or raise `ProjectBusy` naming its holder (with `wait`: wait until it is free, saying so once)."
     self.token, self.since, self.taken_over = uuid.uuid4().hex, utc_now(), None
@@ -117,16 +119,16 @@ def acquire(self:ProjectLock):
     self.held = True
     if self.token: threading.Thread(target=self._renew, name='neuronb-lock-lease', daemon=True).start()
     return self
-ProjectLock.acquire = acquire
 
+@patch
 def _renew(self:ProjectLock):
     "Renew the lease until released (a third of the lease between renewals)."
     while not self._stop.wait(self.lease / 3):
         doc = _read_lock(self.store)
         if not doc or doc.get('token') != self.token: return   # taken over: nothing of ours to renew
         self.store.write_bytes(LOCK_PATH, self._doc())
-ProjectLock._renew = _renew
 
+@patch
 def release(self:ProjectLock):
     "Give the lock up (only if it is still ours)."
     self._stop.set()
@@ -135,4 +137,3 @@ def release(self:ProjectLock):
         if doc and doc.get('token') == self.token:
             _remove(self.store)
     self.held, self._stop = False, threading.Event()
-ProjectLock.release = release
