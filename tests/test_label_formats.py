@@ -320,3 +320,70 @@ def test_detection_from_content_and_refusals(tmp_path):
     (tmp_path/'empty').mkdir()
     with pytest.raises(DataError, match='cannot tell the label format of folder'): read_labels(tmp_path/'empty')
     with pytest.raises(DataError, match='does not exist'): read_labels(tmp_path/'missing.json')
+
+# ---------------------------------------------------------------- importing into a project (`neuronb label import`)
+
+IMAGES = {'cat1.png': (37, 23), 'dog1.png': (20, 10), 'x/dup.png': (8, 8), 'y/dup.png': (9, 9)}
+
+@pytest.fixture
+def project(tmp_path):
+    "A project over four tiny images (two with the same base name in different folders), classes cat and dog."
+    from neuronb.pipeline.init import init_project
+    from neuronb.data.versions import add_files, commit
+    for name, size in IMAGES.items():
+        (tmp_path/'src'/name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new('RGB', size, 'white').save(tmp_path/'src'/name)
+    p = init_project(tmp_path/'p', data=tmp_path/'src', labels='none', classes=['cat', 'dog'])
+    add_files(p.store(), tmp_path/'src', dataset='images', progress=False); commit(p.store(), 'images')
+    return p
+
+def label_import(project, path, *options):
+    "`neuronb label import` in this process: (exit status, stdout, stderr)."
+    import contextlib
+    from neuronb.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(['label', '--dir', str(project.root), 'import', str(path), *options])
+    return rc, out.getvalue(), err.getvalue()
+
+def imported(project):
+    from neuronb.label.project import project_events
+    ev = project_events(project.store())
+    return sorted(zip(ev.name, ev.annotator, ev.label.map(repr), ev.kind))
+
+def ls_choice(image, label, user=1, **ann):
+    return {'data': {'image': image}, 'annotations': [{'completed_by': user, **ann, 'result': [
+        {'type': 'choices', 'from_name': 'c', 'to_name': 'image', 'value': {'choices': [label]}}]}]}
+
+def test_import_matches_urls_and_upload_paths(project, tmp_path):
+    tasks = [ls_choice('/data/upload/4/1a2b3c4d-cat1.png', 'cat'), ls_choice('s3://bucket/photos/dog1.png', 'dog'),
+             ls_choice('https://host/photos/x/dup.png?token=1', 'cat'), ls_choice('https://host/gone.png', 'dog')]
+    (tmp_path/'ls.json').write_text(json.dumps([{'id': i + 1, **t} for i, t in enumerate(tasks)]))
+    rc, out, err = label_import(project, tmp_path/'ls.json')
+    assert (rc, err) == (0, '') and 'Imported 3 annotations (labelstudio)' in out and '1 rows about files not in the dataset' in out
+    assert imported(project) == [('cat1.png', '1', "'cat'", 'label'), ('dog1.png', '1', "'dog'", 'label'), ('x/dup.png', '1', "'cat'", 'label')]
+
+@pytest.mark.parametrize('fmt,name,text', [
+    ('toloka', 'pool.tsv', 'INPUT:image\tOUTPUT:result\tASSIGNMENT:worker_id\nhttps://tlk.s3.yandex.net/a/cat1.png\tcat\tw1\n'),
+    ('mturk', 'batch.csv', 'WorkerId,Input.image_url,Answer.category.label\nW1,https://bucket.s3.amazonaws.com/a/cat1.png,cat\n'),
+])
+def test_crowd_exports_with_urls_import(project, tmp_path, fmt, name, text):
+    (tmp_path/name).write_text(text)
+    rc, out, err = label_import(project, tmp_path/name)
+    assert (rc, err) == (0, '') and f'Imported 1 annotations ({fmt})' in out
+    assert [r[0] for r in imported(project)] == ['cat1.png']
+
+def test_ambiguous_base_name_is_refused(project, tmp_path):
+    (tmp_path/'ls.json').write_text(json.dumps([{'id': 7, **ls_choice('https://host/k/dup.png', 'dog')}]))
+    rc, out, err = label_import(project, tmp_path/'ls.json')
+    assert rc == 1 and "ls.json: 'https://host/k/dup.png' could be any of the dataset's files x/dup.png, y/dup.png" in err
+    assert 'Traceback' not in err and imported(project) == []
+
+def test_a_match_rule_takes_names_auto_cannot(project, tmp_path):
+    (tmp_path/'ls.json').write_text(json.dumps([{'id': 1, **ls_choice('https://host/files/y/dup.png/download', 'dog')}]))
+    rc, out, err = label_import(project, tmp_path/'ls.json')
+    assert rc == 1 and 'none of the 1 rows' in err and 'say how with a match rule (--match' in err
+    rc, out, err = label_import(project, tmp_path/'ls.json', '--match', '^https://host/files/(.+)/download$')
+    assert (rc, err) == (0, '') and imported(project) == [('y/dup.png', '1', "'dog'", 'label')]
+    rc, out, err = label_import(project, tmp_path/'ls.json', '--match', '/files/.+/download')
+    assert rc == 1 and "has 0 groups, not one; pass 'auto', 'path', or a regular expression" in err
