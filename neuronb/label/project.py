@@ -7,12 +7,12 @@ from __future__ import annotations
 import hashlib, re
 from pathlib import Path
 from ..core import DataError, ParameterError
-from .events import EventStore, events_frame_from_table, aggregate, item_agreement, annotator_accuracy, disagreements
+from .events import EventStore, LabelEvent, events_frame_from_table, aggregate, item_agreement, annotator_accuracy, disagreements
 
 # %% auto #0
-__all__ = ['IMPORTS', 'APP_EVENTS', 'MATCH_RULES', 'FOLDER_ANNOTATOR', 'LABEL_COLUMNS', 'ProjectEvents', 'project_events',
-           'match_names', 'import_labels', 'import_folder_labels', 'import_project_labels', 'import_message',
-           'aggregate_project', 'current_table', 'export_labels', 'labeling_report']
+__all__ = ['IMPORTS', 'APP_EVENTS', 'MATCH_RULES', 'GOLD_ANNOTATOR', 'FOLDER_ANNOTATOR', 'LABEL_COLUMNS', 'ProjectEvents',
+           'project_events', 'match_names', 'import_labels', 'import_folder_labels', 'import_project_labels',
+           'import_message', 'aggregate_project', 'current_table', 'export_labels', 'labeling_report']
 
 # %% ../../nbs/25_label.project.ipynb #e0c1ac07
 IMPORTS, APP_EVENTS = 'labels/imports', 'labels/events'
@@ -112,6 +112,18 @@ def _matched(table, files, match, path, dataset):
                         f"match rule (--match: 'auto', 'path' or a regular expression whose one group is the file name)")
     return table[matched].assign(name=names[matched].astype(object)), int((~matched).sum())
 
+GOLD_ANNOTATOR = 'gold'   # who the right answers of an export's control tasks (Toloka's GOLDEN:) are from
+
+def _gold_table(gold:dict):
+    import pandas as pd
+    return pd.DataFrame({'name': list(gold), 'annotator': GOLD_ANNOTATOR, 'label': list(gold.values()), 'boxes': None}, dtype=object)
+
+def _gold_events(gold:dict, files, match, path, source) -> list:
+    "The control tasks' right answers as review events of the dataset files they name (the others left out)."
+    found = match_names(list(gold), files, match, str(path))
+    return [LabelEvent(files[found[n]], GOLD_ANNOTATOR, label, kind='review', name=found[n], source=source)
+            for n, label in gold.items() if found[n] is not None]
+
 def import_labels(project,        # a `Project`
                   path,           # the export: a file or (YOLO, VOC) a folder
                   fmt=None,       # its format; default: detected (see `neuronb.label.formats.FORMATS`)
@@ -120,7 +132,7 @@ def import_labels(project,        # a `Project`
                   match='auto',   # how a row's image name finds its dataset file: 'auto', 'path' or a regex (`match_names`)
                   **options) -> dict: # passed to the format's reader
     "Store the rows of a labeling export as label events; returns counts of imported and set-aside rows."
-    from neuronb.label.formats import read_labels, detect_format
+    from neuronb.label.formats import read_labels, detect_format, check_classes
     from neuronb.data.versions import version_files
     if not Path(path).exists(): raise DataError(f"{path} does not exist; pass the path of the exported labels")
     _match_rule(match)
@@ -133,8 +145,13 @@ def import_labels(project,        # a `Project`
     if (imports.events().source == source).any():
         if skip_imported: return {'imported': 0, 'set_aside': 0, 'format': fmt, 'source': source, 'skipped': True}
         raise DataError(f"{path} was imported before (as {source}); importing it again would count its answers twice")
+    gold = table.attrs.get('gold') or {}
     table, set_aside = _matched(table, files, match, path, dataset)
+    classes = (project.labeling or {}).get('classes')
+    if classes: check_classes(table, classes, path); check_classes(_gold_table(gold), classes, path)
+    reviews = _gold_events(gold, files, match, path, source)
     n = imports.add_many(events_frame_from_table(table, files, source=source))
+    if reviews: imports.add_many(reviews)
     return {'imported': n, 'set_aside': set_aside, 'format': fmt, 'source': source, 'skipped': False}
 
 # %% ../../nbs/25_label.project.ipynb #ebfacee3
