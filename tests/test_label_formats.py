@@ -482,3 +482,49 @@ def test_toloka_control_tasks_are_gold_not_votes(project, tmp_path):
     assert dict(zip(agg['labels'].name, agg['labels'].label)) == {'cat1.png': 'cat', 'dog1.png': 'dog'}   # two votes said dog
     acc = agg['workers'].set_index('worker').accuracy
     assert acc['w3'] == 1.0 and acc['w1'] == 0.5                       # scored against the right answer
+
+def cvat_yolo_folder(root, lines):
+    "A YOLO 1.1 export as CVAT writes it: obj.names, obj.data, train.txt, obj_train_data/<image>.txt."
+    (root/'obj_train_data').mkdir(parents=True)
+    (root/'obj.names').write_text('cat\ndog\n')
+    (root/'obj.data').write_text('classes = 2\ntrain = data/train.txt\nnames = data/obj.names\nbackup = backup/\n')
+    (root/'train.txt').write_text(''.join(f'data/obj_train_data/{n}\n' for n in lines))
+    for n, text in lines.items():
+        (root/'obj_train_data'/n).parent.mkdir(parents=True, exist_ok=True)
+        (root/'obj_train_data'/n).with_suffix('.txt').write_text(text)
+    return root
+
+def test_cvat_yolo_folder_imports_with_the_datasets_image_sizes(project, tmp_path):
+    folder = cvat_yolo_folder(tmp_path/'yolo', {'cat1.png': '0 0.5 0.5 0.2 0.4\n', 'x/dup.png': '1 0.5 0.5 1 1\n', 'gone.png': ''})
+    assert detect_format(folder) == 'yolo'
+    rc, out, err = label_import(project, folder)
+    assert (rc, err) == (0, '') and 'Imported 2 annotations (yolo)' in out and '1 rows about files not in the dataset' in out
+    from neuronb.label.project import project_events
+    ev = project_events(project.store()).set_index('name')
+    assert canon(pd.DataFrame({'boxes': [ev.boxes['cat1.png'], ev.boxes['x/dup.png']]}), ['boxes']) == canon(pd.DataFrame(
+        {'boxes': [[box(14.8, 6.9, 7.4, 9.2, 'cat')], [box(0, 0, 8, 8, 'dog')]]}), ['boxes'])   # 37x23 and 8x8, from the dataset
+
+def test_plain_yolo_folder_imports_with_the_datasets_image_sizes(project, tmp_path):
+    (tmp_path/'y').mkdir(); (tmp_path/'y/classes.txt').write_text('cat\ndog\n')
+    (tmp_path/'y/dog1.txt').write_text('1 0.5 0.5 1 1\n'); (tmp_path/'y/other.txt').write_text('0 0.5 0.5 1 1\n')
+    rc, out, err = label_import(project, tmp_path/'y')
+    assert (rc, err) == (0, '') and 'Imported 1 annotations (yolo)' in out and '1 rows about files not in the dataset' in out
+    assert [b for bs in imported_boxes(project) for b in bs] == [box(0.0, 0.0, 20.0, 10.0, 'dog')]
+
+def test_yolo_box_outside_the_dataset_image_is_refused(project, tmp_path):
+    folder = cvat_yolo_folder(tmp_path/'yolo', {'dog1.png': '1 0.9 0.5 0.4 0.2\n'})
+    rc, out, err = label_import(project, folder)
+    assert rc == 1 and 'obj_train_data/dog1.txt, line 1: box x=14, y=4, width=8, height=2 (dog) lies outside the 20x10 image' in err
+
+def imported_boxes(project):
+    from neuronb.label.project import project_events
+    return [b for b in project_events(project.store()).boxes if b is not None]
+
+def test_labelstudio_json_min_imports(project, tmp_path):
+    (tmp_path/'min.json').write_text(json.dumps([
+        {'image': '/data/upload/3/0f0f0f0f-cat1.png', 'id': 1, 'choice': 'cat', 'annotator': 'ann@example.com', 'annotation_id': 11, 'lead_time': 2.5},
+        {'image': '/data/upload/3/1e1e1e1e-dog1.png', 'id': 2, 'choice': {'choices': ['cat', 'dog']}, 'annotator': 4, 'annotation_id': 12},
+        {'image': '/data/upload/3/2d2d2d2d-x-dup.png', 'id': 3}]))
+    rc, out, err = label_import(project, tmp_path/'min.json')
+    assert (rc, err) == (0, '') and 'Imported 2 annotations (labelstudio)' in out
+    assert imported(project) == [('cat1.png', 'ann@example.com', "'cat'", 'label'), ('dog1.png', '4', "['cat', 'dog']", 'label')]

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/22_label.formats.ipynb #6e517547
 from __future__ import annotations
-import json, math, os
+import json, math, os, re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -12,11 +12,12 @@ from ..core import DataError, atomic_write
 
 # %% auto #0
 __all__ = ['COLUMNS', 'BOX_KEYS', 'IMAGE_SUFFIXES', 'BOX_TOLERANCE', 'TOLOKA_DROPPED', 'TOLOKA_TIMES', 'TOLOKA_ID', 'MTURK_BOXES',
-           'MTURK_SIZE', 'LS_MIN_META', 'CVAT_SHAPES', 'YOLO_CLASS_FILES', 'FILE_COLUMNS', 'LABEL_COLUMNS', 'FORMATS',
-           'image_sizes', 'read_toloka', 'write_toloka', 'read_mturk', 'write_mturk', 'read_labelstudio',
-           'write_labelstudio', 'read_cvat', 'write_cvat', 'read_coco', 'write_coco', 'read_yolo', 'write_yolo',
-           'read_voc', 'write_voc', 'read_crowd', 'write_crowd', 'read_table', 'write_table', 'LabelFormat',
-           'register_format', 'detect_format', 'read_labels', 'write_labels', 'check_classes']
+           'MTURK_SIZE', 'LS_MIN_META', 'CVAT_SHAPES', 'YOLO_CLASS_FILES', 'DARKNET_LISTS', 'FILE_COLUMNS',
+           'LABEL_COLUMNS', 'FORMATS', 'image_sizes', 'read_toloka', 'write_toloka', 'read_mturk', 'write_mturk',
+           'read_labelstudio', 'write_labelstudio', 'read_cvat', 'write_cvat', 'read_coco', 'write_coco',
+           'darknet_images', 'read_yolo', 'write_yolo', 'read_voc', 'write_voc', 'read_crowd', 'write_crowd',
+           'read_table', 'write_table', 'LabelFormat', 'register_format', 'detect_format', 'read_labels',
+           'write_labels', 'check_classes']
 
 # %% ../../nbs/22_label.formats.ipynb #12377be2
 COLUMNS = ['name', 'annotator', 'label', 'boxes', 'width', 'height', 'seconds']
@@ -774,6 +775,7 @@ def write_coco(df,            # the neutral annotations table, one row per image
 
 # %% ../../nbs/22_label.formats.ipynb #b53d58da
 YOLO_CLASS_FILES = ('classes.txt', 'obj.names', 'data.yaml')
+DARKNET_LISTS = ('train', 'valid', 'test')   # the image lists of a darknet folder (obj.data), as CVAT's YOLO 1.1 writes them
 
 def _yolo_classes(folder):
     for fn in YOLO_CLASS_FILES:
@@ -787,6 +789,33 @@ def _yolo_classes(folder):
         raise DataError(f"{p}: no `names` list; add the class names in index order")
     raise DataError(f"YOLO folder {folder} has no class names file ({', '.join(YOLO_CLASS_FILES)}); write the class names there, one a line")
 
+def _darknet_rel(value:str) -> str:
+    "A path of obj.data or train.txt relative to the folder: darknet reads the folder as `data/`."
+    v = value.strip().replace('\\', '/')
+    return v[len('data/'):] if v.startswith('data/') else v.lstrip('./')
+
+def _darknet_lists(folder) -> list:
+    "The image list files of a darknet folder: those obj.data names, else train.txt, valid.txt, test.txt where present."
+    data = folder/'obj.data'
+    if not data.is_file(): return [folder/f'{k}.txt' for k in DARKNET_LISTS if (folder/f'{k}.txt').is_file()]
+    keys = dict(l.split('=', 1) for l in data.read_text(encoding='utf-8').splitlines() if '=' in l)
+    lists = [folder/_darknet_rel(v) for k, v in keys.items() if k.strip() in DARKNET_LISTS]
+    for p in lists:
+        if not p.is_file(): raise DataError(f"{data} names the image list {p.name}, which is not in {folder}; export the whole YOLO folder again")
+    return lists
+
+def darknet_images(path) -> dict: # a YOLO folder
+    "`{image name: label file}` of a darknet folder's image lists (CVAT's YOLO 1.1: data/obj_train_data/a.png -> a.png); {} for a plain folder."
+    folder, out = Path(path), {}
+    for lst in _darknet_lists(folder):
+        for line in lst.read_text(encoding='utf-8').splitlines():
+            if not line.strip(): continue
+            rel = _darknet_rel(line)
+            parts = rel.split('/', 1)
+            name = parts[1] if len(parts) == 2 and re.fullmatch(r'obj_\w+_data', parts[0]) else rel
+            out[name] = (folder/rel).with_suffix('.txt')
+    return out
+
 def _yolo_line(line, where, classes, w, h):
     parts = line.split()
     if len(parts) != 5: raise DataError(f"{where}: expected 'class cx cy w h' (5 numbers), got {line.strip()[:60]!r}"
@@ -798,24 +827,45 @@ def _yolo_line(line, where, classes, w, h):
         raise DataError(f"{where}: {line.strip()[:60]!r} has a negative size or a value that is not finite")
     return _fit_box({'x': (cx - bw / 2) * w, 'y': (cy - bh / 2) * h, 'width': bw * w, 'height': bh * h, 'label': classes[k]}, w, h, where)
 
-def read_yolo(path,        # the folder of YOLO .txt label files (with classes.txt, obj.names or data.yaml)
+def _yolo_boxes(p, classes, w, h):
+    return [_yolo_line(l, f"{p}, line {j + 1}", classes, w, h) for j, l in enumerate(p.read_text(encoding='utf-8').splitlines()) if l.strip()]
+
+def _read_darknet(folder, listed, classes, sizes, only):
+    "The rows of a darknet folder: one per listed image (of `only`, when given), its size from `sizes`."
+    known = set(listed.values())
+    for p in sorted(folder.rglob('*.txt')):
+        if p not in known and p.parent != folder:
+            raise DataError(f"{p}: a label file no image list (obj.data: {', '.join(DARKNET_LISTS)}) names; add its image to train.txt or remove it")
+    rows = []
+    for name, p in listed.items():
+        if only is not None and name not in only: continue
+        if name not in sizes: raise DataError(f"{folder}: no size for image {name} (listed in the image lists) among the {len(sizes)} "
+                                              f"images given; pass the right images folder or sizes")
+        w, h = sizes[name]
+        rows.append({'name': name, 'boxes': (_yolo_boxes(p, classes, w, h) if p.is_file() else []) or None, 'width': int(w), 'height': int(h)})
+    return rows
+
+def read_yolo(path,        # the folder of YOLO .txt label files (with classes.txt, obj.names or data.yaml; or CVAT's YOLO 1.1 folder)
               images=None, # the folder of the images, to read their sizes
-              sizes=None): # or `{name: (width, height)}` for every image
+              sizes=None,  # or `{name: (width, height)}` for every image
+              only=None):  # read just these image names (a darknet folder's others are left out)
     "The neutral annotations table of a YOLO label folder."
     folder = Path(path)
     if not folder.is_dir(): raise DataError(f"YOLO label folder {folder} does not exist; pass the folder holding the .txt files")
     if sizes is None and images is None:
         raise DataError(f"YOLO labels in {folder} hold no image sizes; pass images='FOLDER' or sizes={{name: (width, height)}}")
     sizes = dict(sizes if sizes is not None else image_sizes(images))
-    classes, by_stem = _yolo_classes(folder), {_rel_stem(n, 'yolo'): n for n in sizes}
-    boxes = {}
+    classes, listed = _yolo_classes(folder), darknet_images(folder)
+    if listed: return _frame(_read_darknet(folder, listed, classes, sizes, only))
+    by_stem, boxes = {_rel_stem(n, 'yolo'): n for n in sizes if only is None or n in only}, {}
     for p in sorted(folder.rglob('*.txt')):
         stem = p.relative_to(folder).with_suffix('').as_posix()
         if p.parent == folder and p.name in YOLO_CLASS_FILES: continue
-        if stem not in by_stem: raise DataError(f"{p}: no image {stem}.* among the {len(sizes)} images given; pass the right images folder or sizes")
+        if stem not in by_stem and only is not None: continue   # an image left out
+        if stem not in by_stem: raise DataError(f"{p}: no image {stem}.* among the {len(by_stem)} images given; pass the right images folder or sizes")
         name = by_stem[stem]; w, h = sizes[name]
-        boxes[name] = [_yolo_line(l, f"{p}, line {j + 1}", classes, w, h) for j, l in enumerate(p.read_text(encoding='utf-8').splitlines()) if l.strip()]
-    return _frame([{'name': n, 'boxes': boxes.get(n) or None, 'width': int(w), 'height': int(h)} for n, (w, h) in sizes.items()])
+        boxes[name] = _yolo_boxes(p, classes, w, h)
+    return _frame([{'name': n, 'boxes': boxes.get(n) or None, 'width': int(sizes[n][0]), 'height': int(sizes[n][1])} for n in by_stem.values()])
 
 # %% ../../nbs/22_label.formats.ipynb #61505033
 def write_yolo(df,            # the neutral annotations table with boxes, width and height, one row per image

@@ -112,6 +112,23 @@ def _matched(table, files, match, path, dataset):
                         f"match rule (--match: 'auto', 'path' or a regular expression whose one group is the file name)")
     return table[matched].assign(name=names[matched].astype(object)), int((~matched).sum())
 
+def _yolo_sizes(folder, store, files, match, dataset) -> tuple:
+    "`read_yolo`'s sizes= and only= for the images a YOLO folder labels that the dataset has (sizes read from storage), and how many it lacks."
+    from neuronb.label.formats import darknet_images, _rel_stem
+    from neuronb.label.events import read_item
+    from neuronb.data.images import image_size
+    names, lacking = list(darknet_images(folder)), None
+    if not names:   # a plain folder: a label file a.txt labels the dataset's a.png
+        stems = {p.relative_to(folder).with_suffix('').as_posix() for p in folder.rglob('*.txt') if p.parent != folder or p.name != 'classes.txt'}
+        names = [n for n in files if _rel_stem(n, 'yolo') in stems]
+        lacking = len(stems - {_rel_stem(n, 'yolo') for n in names})
+    found = match_names(names, files, match, str(folder))
+    sizes = {n: image_size(read_item(store, files[f], f)) for n, f in found.items() if f is not None}
+    if not sizes:
+        raise DataError(f"none of the images the YOLO folder {folder} labels is a file of dataset {dataset!r}; names must match the "
+                        f"dataset's file names (`neuronb data log -d {dataset}`), or say how with a match rule (--match)")
+    return {'sizes': sizes, 'only': set(sizes)}, len(names) - len(sizes) if lacking is None else lacking
+
 GOLD_ANNOTATOR = 'gold'   # who the right answers of an export's control tasks (Toloka's GOLDEN:) are from
 
 def _gold_table(gold:dict):
@@ -140,13 +157,18 @@ def import_labels(project,        # a `Project`
     dataset = _dataset(project, dataset)
     store = project.store()
     files, source = version_files(store, 'latest', dataset), _source_tag(path, fmt)
-    table = read_labels(path, fmt, **options)
     imports = EventStore(store, IMPORTS)
     if (imports.events().source == source).any():
         if skip_imported: return {'imported': 0, 'set_aside': 0, 'format': fmt, 'source': source, 'skipped': True}
         raise DataError(f"{path} was imported before (as {source}); importing it again would count its answers twice")
+    unsized = 0
+    if fmt == 'yolo' and not {'sizes', 'images'} & set(options):  # YOLO files hold no image size: the dataset's images do
+        sized, unsized = _yolo_sizes(Path(path), store, files, match, dataset)
+        options = {**options, **sized}
+    table = read_labels(path, fmt, **options)
     gold = table.attrs.get('gold') or {}
     table, set_aside = _matched(table, files, match, path, dataset)
+    set_aside += unsized
     classes = (project.labeling or {}).get('classes')
     if classes: check_classes(table, classes, path); check_classes(_gold_table(gold), classes, path)
     reviews = _gold_events(gold, files, match, path, source)
