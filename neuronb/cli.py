@@ -162,7 +162,8 @@ def _label_parser(sub):
     s.add_argument('--cull-idle', type=int, default=900, help='stop a session idle this many seconds (default: 900)')
     i = lsub.add_parser('import', help='import a labeling-tool or crowdsourcing export as label events')
     i.add_argument('path', metavar='PATH', help='the export (a file, or a folder for YOLO / Pascal VOC)')
-    i.add_argument('--format', dest='fmt', default=None, help='toloka, mturk, labelstudio, cvat, coco, yolo, voc, crowd (default: detected)')
+    i.add_argument('--format', dest='fmt', default=None, help='toloka, mturk, labelstudio (JSON or JSON-MIN), cvat, coco, yolo (also '
+                   'CVAT\'s YOLO 1.1 folder; image sizes from the dataset), voc, crowd, table (default: detected)')
     i.add_argument('-d', '--dataset', default=None, help='the dataset whose files the rows name (default: the labeling block\'s)')
     i.add_argument('--match', default='auto', metavar='RULE',
                    help="how an export's image names (URLs, upload paths) find the dataset's files: 'auto' (default: the same "
