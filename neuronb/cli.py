@@ -173,8 +173,14 @@ def _label_parser(sub):
     s.add_argument('--cull-idle', type=int, default=900, help='stop a session idle this many seconds (default: 900)')
     i = lsub.add_parser('import', help='import a labeling-tool or crowdsourcing export as label events')
     i.add_argument('path', metavar='PATH', help='the export (a file, or a folder for YOLO / Pascal VOC)')
-    i.add_argument('--format', dest='fmt', default=None, help='toloka, mturk, labelstudio, cvat, coco, yolo, voc, crowd (default: detected)')
+    i.add_argument('--format', dest='fmt', default=None, help='toloka, mturk, labelstudio (JSON or JSON-MIN), cvat, coco, yolo (also '
+                   'CVAT\'s YOLO 1.1 folder; image sizes from the dataset), voc, crowd, table (default: detected)')
     i.add_argument('-d', '--dataset', default=None, help='the dataset whose files the rows name (default: the labeling block\'s)')
+    i.add_argument('--match', default='auto', metavar='RULE',
+                   help="how an export's image names (URLs, upload paths) find the dataset's files: 'auto' (default: the same "
+                        "name, else the same path without host or bucket, else the only file with that base name, Label Studio's "
+                        "upload prefix dropped), 'path' (exact names only), or a regular expression whose one group is the "
+                        "dataset's file name, e.g. '^s3://[^/]+/(.+)$'")
     e = lsub.add_parser('export', help='write the current labels in a labeling-tool format')
     e.add_argument('path', metavar='PATH', help='the file (or folder for YOLO / Pascal VOC) to write')
     e.add_argument('--format', dest='fmt', required=True, help='toloka, mturk, labelstudio, cvat, coco, yolo, voc or crowd')
@@ -198,7 +204,7 @@ def cmd_label(args):
     import neuronb.label.project as lp
     project = load_project(args.dir)
     if args.label_command == 'import':
-        r = lp.import_labels(project, args.path, args.fmt, dataset=args.dataset)
+        r = lp.import_labels(project, args.path, args.fmt, dataset=args.dataset, match=args.match)
         print(f"Imported {r['imported']} annotations ({r['format']}) as label events; {r['set_aside']} rows about files not in the dataset set aside")
     elif args.label_command == 'export':
         n = lp.export_labels(project, args.path, args.fmt, method=args.method, dataset=args.dataset)

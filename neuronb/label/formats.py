@@ -4,18 +4,20 @@
 
 # %% ../../nbs/22_label.formats.ipynb #6e517547
 from __future__ import annotations
-import json, math, os
+import json, math, os, re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from ..core import DataError, atomic_write
 
 # %% auto #0
-__all__ = ['COLUMNS', 'BOX_KEYS', 'IMAGE_SUFFIXES', 'TOLOKA_DROPPED', 'TOLOKA_TIMES', 'MTURK_BOXES', 'MTURK_SIZE', 'CVAT_SHAPES',
-           'YOLO_CLASS_FILES', 'FILE_COLUMNS', 'LABEL_COLUMNS', 'FORMATS', 'image_sizes', 'read_toloka', 'write_toloka',
-           'read_mturk', 'write_mturk', 'read_labelstudio', 'write_labelstudio', 'read_cvat', 'write_cvat', 'read_coco',
-           'write_coco', 'read_yolo', 'write_yolo', 'read_voc', 'write_voc', 'read_crowd', 'write_crowd', 'read_table',
-           'write_table', 'LabelFormat', 'register_format', 'detect_format', 'read_labels', 'write_labels']
+__all__ = ['COLUMNS', 'BOX_KEYS', 'IMAGE_SUFFIXES', 'BOX_TOLERANCE', 'TOLOKA_DROPPED', 'TOLOKA_TIMES', 'TOLOKA_ID', 'MTURK_BOXES',
+           'MTURK_SIZE', 'LS_MIN_META', 'CVAT_SHAPES', 'YOLO_CLASS_FILES', 'DARKNET_LISTS', 'FILE_COLUMNS',
+           'LABEL_COLUMNS', 'FORMATS', 'image_sizes', 'read_toloka', 'write_toloka', 'read_mturk', 'write_mturk',
+           'read_labelstudio', 'write_labelstudio', 'read_cvat', 'write_cvat', 'read_coco', 'write_coco',
+           'darknet_images', 'read_yolo', 'write_yolo', 'read_voc', 'write_voc', 'read_crowd', 'write_crowd',
+           'read_table', 'write_table', 'LabelFormat', 'register_format', 'detect_format', 'read_labels',
+           'write_labels', 'check_classes']
 
 # %% ../../nbs/22_label.formats.ipynb #12377be2
 COLUMNS = ['name', 'annotator', 'label', 'boxes', 'width', 'height', 'seconds']
@@ -133,6 +135,47 @@ def image_sizes(folder) -> dict: # a folder of images, searched recursively
         except DataError as e: raise DataError(f"{p}: not a readable image ({e}); replace or remove it") from None
     return sizes
 
+# %% ../../nbs/22_label.formats.ipynb #ba8562c6
+BOX_TOLERANCE = 0.5  # pixels a box may stick out of its image (rounding); clipped to the image, further out refused
+
+def _short(v) -> str:
+    "`v` as a short repr for a message."
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + '...'
+
+def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def _names(v, what, where) -> list:
+    "`v` checked as a list of class names (non-empty text)."
+    if not isinstance(v, list) or not all(isinstance(c, str) and c.strip() for c in v):
+        raise DataError(f"{where}: {what} {_short(v)} is not a list of class names (text); fix that record or export again")
+    return v
+
+def _json_size(v, where, what) -> int:
+    "An image width or height from JSON: a positive whole number (not text, not a fraction)."
+    if isinstance(v, float) and v.is_integer(): v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise DataError(f"{where}: {what} {_short(v)} is not a positive whole number of pixels; export again with image sizes")
+    return v
+
+def _fit_box(b, w, h, where):
+    "Box dict `b` inside a `w`×`h` image: as it is, clipped when it sticks out by rounding only, else a `DataError`."
+    x0, y0, x1, y1 = b['x'], b['y'], b['x'] + b['width'], b['y'] + b['height']
+    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h: return b
+    t = BOX_TOLERANCE
+    if x0 < -t or y0 < -t or x1 > w + t or y1 > h + t:
+        raise DataError(f"{where}: box {', '.join(f'{k}={_num(round(b[k], 3))}' for k in ('x', 'y', 'width', 'height'))} ({b['label']}) lies "
+                        f"outside the {w}x{h} image by more than {t} pixel; fix the box or the image size")
+    x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
+    return {**b, 'x': x0, 'y': y0, 'width': max(x1 - x0, 0.0), 'height': max(y1 - y0, 0.0)}
+
+def _once(seen:dict, key, where, what, first):
+    "Record `key` in `seen` (key -> where it was first); refuse one that came before."
+    if key in seen:
+        raise DataError(f"{where}: {what} {_short(key)} comes twice (first {seen[key]}); the export holds it twice, and importing "
+                        f"would count it twice: export again, or remove the repeat")
+    seen[key] = first
+
 # %% ../../nbs/22_label.formats.ipynb #bf2a3d69
 def _text_dtype():
     "pyarrow strings where pyarrow is installed: read_csv fills them ~5x faster than `dtype=str` (pandas 3)."
@@ -207,6 +250,7 @@ def _labels(col, path, colname):
 TOLOKA_DROPPED = ('REJECTED', 'SKIPPED', 'EXPIRED')  # assignments that carry no accepted answer
 
 TOLOKA_TIMES = ('ASSIGNMENT:started', 'ASSIGNMENT:submitted')
+TOLOKA_ID = 'ASSIGNMENT:assignment_id'  # one assignment (a page of tasks) answers each of its images once
 
 def _arrow_seconds(start, end):
     "`end - start` in seconds (NaN where either is empty) by pyarrow's ISO parser; raises where it cannot parse."
@@ -237,6 +281,19 @@ def _pandas_seconds(df, path, cols):
         times.append(t.dt.tz_localize(None) if t.dt.tz is not None else t)
     return (times[1] - times[0]).dt.total_seconds()
 
+def _toloka_gold(df, path, image, answer) -> dict:
+    "`{image: right answer}` of the control tasks: the rows whose GOLDEN: twin of the answer column is filled."
+    col = 'GOLDEN:' + answer.split(':', 1)[-1]
+    if col not in df.columns: return {}
+    rows = df[(df[col] != '').to_numpy(dtype=bool)]
+    gold, first = {}, {}
+    for i, name, label in zip(rows.index, rows[image].tolist(), _labels(rows[col], path, col) if len(rows) else []):
+        if name in gold and gold[name] != label:
+            raise DataError(f"{_show(path)}, row {i + 2}: {col} of {name} is {_short(label)}, but row {first[name] + 2} says "
+                            f"{_short(gold[name])}; a control task has one right answer: fix one of them")
+        gold.setdefault(name, label); first.setdefault(name, i)
+    return gold
+
 def read_toloka(path,        # a Toloka results TSV (local path or fsspec URL)
                 input=None,  # the image column, e.g. 'INPUT:image' or 'image'; default: the only INPUT: column
                 output=None):# the label column, e.g. 'OUTPUT:result' or 'result'; default: the only OUTPUT: column
@@ -248,12 +305,18 @@ def read_toloka(path,        # a Toloka results TSV (local path or fsspec URL)
                         f"download the results with the assignment columns included")
     cols = [image, 'ASSIGNMENT:worker_id', answer]
     keep = _kept_rows(df, cols)
+    gold = _toloka_gold(df[keep], path, image, answer)   # a rejected assignment's task still has its right answer
     if 'ASSIGNMENT:status' in df.columns: keep &= ~df['ASSIGNMENT:status'].isin(TOLOKA_DROPPED).to_numpy(dtype=bool)
-    df = df.loc[keep, cols + [c for c in TOLOKA_TIMES if c in df.columns]]
+    df = df.loc[keep, cols + [c for c in TOLOKA_TIMES + (TOLOKA_ID,) if c in df.columns]]
+    if TOLOKA_ID in df.columns:
+        _fail_rows(df.duplicated([TOLOKA_ID, image]) & (df[TOLOKA_ID] != ''), path, lambda i: f"assignment {df[TOLOKA_ID][i]} answers {df[image][i]} twice",
+                   'the results hold that answer twice, and importing would count it twice: download them again, or remove the repeat')
     for col in cols:
         _fail_rows(df[col] == '', path, f"{col} is empty", 'fill it in or delete that row')
-    return _frame({'name': _text(df[image]), 'annotator': _text(df['ASSIGNMENT:worker_id']),
-                   'label': _labels(df[answer], path, answer), 'seconds': _toloka_seconds(df, path)})
+    out = _frame({'name': _text(df[image]), 'annotator': _text(df['ASSIGNMENT:worker_id']),
+                  'label': _labels(df[answer], path, answer), 'seconds': _toloka_seconds(df, path)})
+    if gold: out.attrs['gold'] = gold
+    return out
 
 # %% ../../nbs/22_label.formats.ipynb #d8895e41
 _EPOCH = '2000-01-01T00:00:00'
@@ -307,15 +370,18 @@ def _mturk_boxes(df, path):
     for i, text, w, h in zip(df.index, df[MTURK_BOXES], *(df[c] if c in df.columns else [''] * len(df) for c in MTURK_SIZE)):
         try:
             raw = json.loads(text) if text else []
+            if not isinstance(raw, list) or not all(isinstance(b, dict) and all(map(_is_number, (b['left'], b['top'], b['width'], b['height'])))
+                                                    and isinstance(b['label'], str) and b['label'] for b in raw): raise TypeError
             bs = [{'x': float(b['left']), 'y': float(b['top']), 'width': float(b['width']), 'height': float(b['height']),
-                   'label': str(b['label'])} for b in raw]
+                   'label': b['label']} for b in raw]
             size = (int(w), int(h)) if w and h else (None, None)
+            if any(b['width'] < 0 or b['height'] < 0 for b in bs) or None not in size and min(size) <= 0: raise ValueError
         except (ValueError, TypeError, KeyError):
             raise DataError(f"{_show(path)}, row {i + 2}: {MTURK_BOXES} {text[:60]!r} (or the image size) is not the bounding box "
                             f"template's output (a JSON list of left/top/width/height/label); fix or delete that row") from None
         if bs and None in size:
             raise DataError(f"{_show(path)}, row {i + 2}: boxes without {MTURK_SIZE[0]}/height; export the results again")
-        boxes.append(bs or None); sizes.append(size)
+        boxes.append([_fit_box(b, *size, f"{_show(path)}, row {i + 2}") for b in bs] or None); sizes.append(size)
     return boxes, sizes
 
 def read_mturk(path,          # a Mechanical Turk batch results CSV
@@ -334,6 +400,9 @@ def read_mturk(path,          # a Mechanical Turk batch results CSV
     if 'WorkerId' not in df.columns: raise DataError(f"{_show(path)} has no column WorkerId (found: {', '.join(df.columns)}); "
                                                      f"download the batch results CSV from the requester site again")
     if 'AssignmentStatus' in df.columns: df = df[df.AssignmentStatus != 'Rejected']
+    if 'AssignmentId' in df.columns:
+        _fail_rows(df.AssignmentId.duplicated() & (df.AssignmentId != ''), path, lambda i: f"AssignmentId {df.AssignmentId[i]} comes twice",
+                   'the results hold that assignment twice, and importing would count it twice: download them again, or remove the repeat')
     for col in (image, 'WorkerId'): _fail_rows(df[col] == '', path, f"{col} is empty", 'fill it in or delete that row')
     boxes, sizes = _mturk_boxes(df, path) if has_boxes else (None, [(None, None)] * len(df))
     if label is not None:
@@ -384,54 +453,142 @@ def _load_json(path, fmt):
     except json.JSONDecodeError as e:
         raise DataError(f"{_show(path)}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); export it again") from None
 
+def _id(v, where, what):
+    "An id from JSON: a whole number or text (hashable, comparable), else a `DataError`."
+    if isinstance(v, bool) or not isinstance(v, (int, str)): raise DataError(f"{where}: {what} {_short(v)} is not a number or text")
+    return v
+
+def _image_ref(v, where, key):
+    if not isinstance(v, str) or not v.strip(): raise DataError(f"{where}: {key} {_short(v)} is not an image path or URL (text)")
+    return v
+
 def _ls_image(task, where, image_key):
-    data = task.get('data') if isinstance(task, dict) else None
+    data = task.get('data')
     if not isinstance(data, dict): raise DataError(f"{where}: no `data` object; this is not a Label Studio task export")
     key = image_key or ('image' if 'image' in data else next(iter(data)) if len(data) == 1 else None)
-    if key is None or not isinstance(data.get(key), str):
+    if key is None or key not in data:
         raise DataError(f"{where}: cannot tell which of data's keys ({', '.join(data)}) is the image; pass image_key='...'")
-    return data[key]
+    return _image_ref(data[key], where, f"data.{key}")
 
-def _ls_user(v):
+def _ls_user(v, where):
     if isinstance(v, dict): v = v.get('email') or v.get('id')
-    return None if v is None else str(v)
+    if v is None: return None
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise DataError(f"{where}: annotator {_short(v)} is not a user id, an email or a user object")
+    return str(v)
+
+def _seconds(v, where, key='lead_time'):
+    if v is None or _is_number(v) and v >= 0: return v
+    raise DataError(f"{where}: {key} {_short(v)} is not a number of seconds")
+
+def _ls_box(value, ow, oh, where, boxes):
+    "Add the pixel boxes of one rectangle (`value` in percent of an `ow`×`oh` image) to `boxes`."
+    if value.get('rotation') not in (None, 0):
+        raise DataError(f"{where}: box rotated by {_short(value['rotation'])} degrees; neuronb boxes are axis-aligned")
+    x, y, w, h = (value.get(k) for k in ('x', 'y', 'width', 'height'))
+    if not all(map(_is_number, (x, y, w, h))) or w < 0 or h < 0:
+        raise DataError(f"{where}: box without numeric x, y, width, height (non-negative size); fix that region or export again")
+    names = _names(value.get('rectanglelabels') or [], 'rectanglelabels', where)
+    if not names: raise DataError(f"{where}: box without a label (rectanglelabels is empty); label it in Label Studio")
+    for name in names:
+        boxes.append(_fit_box({'x': x * ow / 100, 'y': y * oh / 100, 'width': w * ow / 100, 'height': h * oh / 100, 'label': name}, ow, oh, where))
+    return (ow, oh)
 
 def _ls_region(res, where, labels, boxes, size):
     "Add one result region to `labels`/`boxes`; returns the image size it states, if any."
-    kind, value = res.get('type'), res.get('value') or {}
-    if kind == 'choices': labels.extend(value.get('choices', [])); return size
+    if not isinstance(res, dict): raise DataError(f"{where}: {_short(res)} is not a result region (an object with type and value)")
+    kind, value = res.get('type'), res.get('value') if res.get('value') is not None else {}
+    if not isinstance(value, dict): raise DataError(f"{where}: value {_short(value)} is not an object")
+    if kind == 'choices': labels.extend(_names(value.get('choices', []), 'choices', where)); return size
     if kind != 'rectanglelabels':
         raise DataError(f"{where}: region type {kind!r} is not supported (neuronb reads choices and rectanglelabels); "
                         f"remove those regions or export only the supported controls")
-    try: ow, oh = int(res['original_width']), int(res['original_height'])
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{where}: rectanglelabels without original_width/original_height; export again as JSON (not JSON-MIN)") from None
-    if value.get('rotation'): raise DataError(f"{where}: box rotated by {value['rotation']} degrees; neuronb boxes are axis-aligned")
-    try: x, y, w, h = (float(value[k]) for k in ('x', 'y', 'width', 'height'))
-    except (KeyError, TypeError, ValueError): raise DataError(f"{where}: box without numeric x, y, width, height") from None
-    for name in value.get('rectanglelabels') or [None]:
-        if name is None: raise DataError(f"{where}: box without a label (rectanglelabels is empty); label it in Label Studio")
-        boxes.append({'x': x * ow / 100, 'y': y * oh / 100, 'width': w * ow / 100, 'height': h * oh / 100, 'label': str(name)})
-    return (ow, oh)
+    if res.get('original_width') is None or res.get('original_height') is None:
+        raise DataError(f"{where}: rectanglelabels without original_width/original_height; export again from Label Studio (JSON or JSON-MIN)")
+    ow, oh = _json_size(res['original_width'], where, 'original_width'), _json_size(res['original_height'], where, 'original_height')
+    return _ls_box(value, ow, oh, where, boxes)
 
 def _one_or_list(labels): return None if not labels else labels[0] if len(labels) == 1 else list(labels)
 
-def read_labelstudio(path,            # a Label Studio JSON export (a list of tasks)
-                     image_key=None): # the key of `data` holding the image; default 'image', or data's only key
-    "The neutral annotations table of a Label Studio JSON export."
+def _ls_annotation(ann, name, where):
+    "The neutral row of one Label Studio annotation."
+    result = ann.get('result') if ann.get('result') is not None else []
+    if not isinstance(result, list): raise DataError(f"{where}: result {_short(result)} is not a list of regions")
+    labels, boxes, size = [], [], (None, None)
+    for r, res in enumerate(result): size = _ls_region(res, f"{where}, region {r + 1}", labels, boxes, size)
+    return {'name': name, 'annotator': _ls_user(ann.get('completed_by'), where), 'label': _one_or_list(labels),
+            'boxes': boxes or None, 'width': size[0], 'height': size[1], 'seconds': _seconds(ann.get('lead_time'), where)}
+
+def read_labelstudio(path,            # a Label Studio JSON or JSON-MIN export (a list of tasks, or of annotations)
+                     image_key=None,  # the key of `data` (JSON-MIN: of each record) holding the image; default 'image', or data's only key
+                     label_key=None): # JSON-MIN: the key holding the Choices answer; default: the only other text key
+    "The neutral annotations table of a Label Studio JSON or JSON-MIN export."
     tasks = _load_json(path, 'Label Studio')
     if not isinstance(tasks, list): raise DataError(f"{_show(path)}: expected a list of tasks (Label Studio's JSON export), got a {type(tasks).__name__}")
-    rows = []
+    if tasks and isinstance(tasks[0], dict) and 'data' not in tasks[0] and {'annotation_id', 'annotator'} & set(tasks[0]):
+        return _frame(_ls_min_rows(tasks, path, image_key, label_key))
+    rows, task_ids, ann_ids = [], {}, {}
     for k, task in enumerate(tasks):
-        where = f"{_show(path)}, task {task.get('id', k + 1) if isinstance(task, dict) else k + 1}"
+        if not isinstance(task, dict): raise DataError(f"{_show(path)}, task {k + 1}: {_short(task)} is not a task object; export again as JSON")
+        tid = _id(task.get('id', k + 1), f"{_show(path)}, task {k + 1}", 'task id')
+        where = f"{_show(path)}, task {tid}"
+        _once(task_ids, tid, where, 'task id', f"at position {len(task_ids) + 1}")
         name = _ls_image(task, where, image_key)
-        for a, ann in enumerate(task.get('annotations', task.get('completions')) or []):
-            labels, boxes, size = [], [], (None, None)
-            for r, res in enumerate(ann.get('result') or []):
-                size = _ls_region(res, f"{where}, annotation {ann.get('id', a + 1)}, region {r + 1}", labels, boxes, size)
-            rows.append({'name': name, 'annotator': _ls_user(ann.get('completed_by')), 'label': _one_or_list(labels),
-                         'boxes': boxes or None, 'width': size[0], 'height': size[1], 'seconds': ann.get('lead_time')})
+        anns = task.get('annotations', task.get('completions'))
+        if not isinstance(anns if anns is not None else [], list): raise DataError(f"{where}: annotations {_short(anns)} is not a list")
+        for a, ann in enumerate(anns or []):
+            if not isinstance(ann, dict): raise DataError(f"{where}, annotation {a + 1}: {_short(ann)} is not an annotation object")
+            at = f"{where}, annotation {_id(ann.get('id', a + 1), f'{where}, annotation {a + 1}', 'annotation id')}"
+            if 'id' in ann: _once(ann_ids, ann['id'], at, 'annotation id', f"in task {tid}")
+            rows.append(_ls_annotation(ann, name, at))
     return _frame(rows)
+
+# %% ../../nbs/22_label.formats.ipynb #a606ef4b
+LS_MIN_META = ('id', 'annotator', 'annotation_id', 'created_at', 'updated_at', 'lead_time', 'agreement')
+
+def _ls_min_value(v, field, where, labels, boxes, size):
+    "Add what control `field` answered (`v`, as JSON-MIN writes it) to `labels`/`boxes`; returns the image size it states."
+    if isinstance(v, dict) and 'choices' in v: labels.extend(_names(v['choices'], f"{field}.choices", where)); return size
+    if not isinstance(v, list) or not all(isinstance(r, dict) for r in v):
+        raise DataError(f"{where}: {field} {_short(v)} is neither a class name, {{\"choices\": [...]}} nor a list of rectangles")
+    for r in v:
+        if 'rectanglelabels' not in r:
+            raise DataError(f"{where}: {field} holds {_short(r)}, not a rectangle (neuronb reads choices and rectanglelabels)")
+        if r.get('original_width') is None or r.get('original_height') is None:
+            raise DataError(f"{where}: {field}: rectangle without original_width/original_height; export again from Label Studio")
+        size = _ls_box(r, _json_size(r['original_width'], where, 'original_width'), _json_size(r['original_height'], where, 'original_height'),
+                       where, boxes)
+    return size
+
+def _ls_min_keys(rec, where, image_key, label_key):
+    "The image key and the keys holding answers of one JSON-MIN record."
+    key = image_key or 'image'
+    if key not in rec: raise DataError(f"{where}: no key {key!r} (found: {', '.join(rec)}); pass image_key='...' (the key holding the image)")
+    rest = [k for k in rec if k not in LS_MIN_META and k != key and rec[k] is not None]
+    texts = [k for k in rest if isinstance(rec[k], str)]
+    if label_key is not None: texts = [k for k in texts if k == label_key]
+    elif len(texts) > 1:
+        raise DataError(f"{where}: cannot tell which of the keys {', '.join(texts)} holds the class (JSON-MIN writes data and "
+                        f"single choices alike); pass label_key='...'")
+    shaped = [k for k in rest if isinstance(rec[k], (dict, list))]
+    return key, texts, shaped
+
+def _ls_min_rows(records, path, image_key, label_key):
+    rows, ann_ids = [], {}
+    for k, rec in enumerate(records):
+        where = f"{_show(path)}, record {k + 1}"
+        if not isinstance(rec, dict): raise DataError(f"{where}: {_short(rec)} is not a record object; export again as JSON-MIN")
+        if 'id' in rec: where += f" (task {_short(rec['id'])})"
+        key, texts, shaped = _ls_min_keys(rec, where, image_key, label_key)
+        labels, boxes, size = [rec[t] for t in texts], [], (None, None)
+        for field in shaped: size = _ls_min_value(rec[field], field, where, labels, boxes, size)
+        aid = rec.get('annotation_id')
+        if aid is None and not labels and not boxes: continue   # a task without annotations
+        if aid is not None: _once(ann_ids, _id(aid, where, 'annotation_id'), where, 'annotation_id', f"in record {k + 1}")
+        rows.append({'name': _image_ref(rec[key], where, key), 'annotator': _ls_user(rec.get('annotator'), where),
+                     'label': _one_or_list(labels), 'boxes': boxes or None, 'width': size[0], 'height': size[1],
+                     'seconds': _seconds(rec.get('lead_time'), where)})
+    return rows
 
 # %% ../../nbs/22_label.formats.ipynb #2b52b5ff
 def _ls_result(r, from_name, to_name, i):
@@ -487,12 +644,13 @@ def _cvat_image(img, path):
     if not name: raise DataError(f"{where}: <image> without a name")
     w, h = _size_of(img.get('width'), where, 'width'), _size_of(img.get('height'), where, 'height')
     labels, boxes = [t.get('label') for t in img.findall('tag')], []
+    if not all(labels): raise DataError(f"{where}: <tag> without a label")
     for b in img.findall('box'):
         if not b.get('label'): raise DataError(f"{where}: <box> without a label")
-        if float(b.get('rotation') or 0): raise DataError(f"{where}: box rotated by {b.get('rotation')} degrees; neuronb boxes are axis-aligned")
+        if b.get('rotation') and _attr_float(b, 'rotation', where): raise DataError(f"{where}: box rotated by {b.get('rotation')} degrees; neuronb boxes are axis-aligned")
         x0, y0, x1, y1 = (_attr_float(b, k, where) for k in ('xtl', 'ytl', 'xbr', 'ybr'))
         if x1 < x0 or y1 < y0: raise DataError(f"{where}: box with xbr < xtl or ybr < ytl")
-        boxes.append({'x': x0, 'y': y0, 'width': x1 - x0, 'height': y1 - y0, 'label': b.get('label')})
+        boxes.append(_fit_box({'x': x0, 'y': y0, 'width': x1 - x0, 'height': y1 - y0, 'label': b.get('label')}, w, h, where))
     other = [el.tag for el in img if el.tag in CVAT_SHAPES]
     if other: raise DataError(f"{where}: {other[0]} shapes are not supported (neuronb reads tags and boxes); export without them")
     return {'name': name, 'label': _one_or_list(labels), 'boxes': boxes or None, 'width': w, 'height': h}
@@ -503,6 +661,9 @@ def read_cvat(path): # a "CVAT for images 1.1" annotations.xml
     if root.tag != 'annotations':
         raise DataError(f"{_show(path)}: root element <{root.tag}>, expected <annotations>; export as 'CVAT for images 1.1'")
     if root.find('track') is not None: raise DataError(f"{_show(path)}: holds <track>s (CVAT for video); export as 'CVAT for images 1.1'")
+    seen = {}
+    for img in root.iter('image'):
+        if img.get('id') is not None: _once(seen, img.get('id'), f"{_show(path)}, image {img.get('name')!r}", 'image id', f"for {img.get('name')!r}")
     return _frame([_cvat_image(img, path) for img in root.iter('image')])
 
 # %% ../../nbs/22_label.formats.ipynb #adbf3073
@@ -549,29 +710,45 @@ def _coco_index(data, path, key, fields):
 
 def _coco_bbox(a, where):
     bbox = a['bbox']
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox) or min(bbox[2:]) < 0:
-        raise DataError(f"{where}: bbox {bbox!r} is not [x, y, width, height] with a non-negative size")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_number, bbox)) or min(bbox[2:]) < 0:
+        raise DataError(f"{where}: bbox {_short(bbox)} is not [x, y, width, height] with a non-negative size")
     return bbox
+
+def _coco_images(data, path) -> dict:
+    rows, seen = {}, {}
+    for k, im in enumerate(_coco_index(data, path, 'images', ('id', 'file_name', 'width', 'height'))):
+        where = f"{_show(path)}, images[{k}]"
+        name = _image_ref(im['file_name'], where, 'file_name')
+        where = f"{_show(path)}, image {name!r}"
+        _once(seen, _id(im['id'], where, 'image id'), where, 'image id', f"for {name!r}")
+        rows[im['id']] = {'name': name, 'labels': [], 'boxes': [],
+                          'width': _json_size(im['width'], where, 'width'), 'height': _json_size(im['height'], where, 'height')}
+    return rows
+
+def _coco_categories(data, path) -> dict:
+    cats, seen = {}, {}
+    for k, c in enumerate(_coco_index(data, path, 'categories', ('id', 'name'))):
+        where = f"{_show(path)}, categories[{k}]"
+        _once(seen, _id(c['id'], where, 'category id'), where, 'category id', f"at categories[{k}]")
+        cats[c['id']] = _names([c['name']], 'name', where)[0]
+    return cats
 
 def read_coco(path): # a COCO annotations JSON file
     "The neutral annotations table of a COCO file (annotations without `bbox` are image-level labels)."
     data = _load_json(path, 'COCO')
     if not isinstance(data, dict): raise DataError(f"{_show(path)}: expected a COCO object with images, categories, annotations")
-    images = _coco_index(data, path, 'images', ('id', 'file_name', 'width', 'height'))
-    cats = {c['id']: str(c['name']) for c in _coco_index(data, path, 'categories', ('id', 'name'))}
-    rows = {}
-    for im in images:
-        where = f"{_show(path)}, image {im['file_name']!r}"
-        rows[im['id']] = {'name': im['file_name'], 'labels': [], 'boxes': [],
-                          'width': _size_of(im['width'], where, 'width'), 'height': _size_of(im['height'], where, 'height')}
+    rows, cats, ann_ids = _coco_images(data, path), _coco_categories(data, path), {}
     for k, a in enumerate(_coco_index(data, path, 'annotations', ('image_id', 'category_id'))):
-        where = f"{_show(path)}, annotation {a.get('id', k + 1)}"
-        if a['image_id'] not in rows: raise DataError(f"{where}: image_id {a['image_id']!r} is not in images")
-        if a['category_id'] not in cats: raise DataError(f"{where}: category_id {a['category_id']!r} is not in categories")
-        row, label = rows[a['image_id']], cats[a['category_id']]
+        where = f"{_show(path)}, annotation {_id(a.get('id', k + 1), f'{_show(path)}, annotations[{k}]', 'annotation id')}"
+        if 'id' in a: _once(ann_ids, a['id'], where, 'annotation id', f"at annotations[{k}]")
+        image, cat = _id(a['image_id'], where, 'image_id'), _id(a['category_id'], where, 'category_id')
+        if image not in rows: raise DataError(f"{where}: image_id {image!r} is not in images")
+        if cat not in cats: raise DataError(f"{where}: category_id {cat!r} is not in categories")
+        row, label = rows[image], cats[cat]
         if 'bbox' not in a or a['bbox'] is None: row['labels'].append(label); continue
         x, y, w, h = _coco_bbox(a, where)
-        row['boxes'].append({'x': float(x), 'y': float(y), 'width': float(w), 'height': float(h), 'label': label})
+        box = {'x': float(x), 'y': float(y), 'width': float(w), 'height': float(h), 'label': label}
+        row['boxes'].append(_fit_box(box, row['width'], row['height'], where))
     return _frame([{**r, 'label': _one_or_list(r['labels']), 'boxes': r['boxes'] or None} for r in rows.values()])
 
 # %% ../../nbs/22_label.formats.ipynb #965a48a6
@@ -598,6 +775,7 @@ def write_coco(df,            # the neutral annotations table, one row per image
 
 # %% ../../nbs/22_label.formats.ipynb #b53d58da
 YOLO_CLASS_FILES = ('classes.txt', 'obj.names', 'data.yaml')
+DARKNET_LISTS = ('train', 'valid', 'test')   # the image lists of a darknet folder (obj.data), as CVAT's YOLO 1.1 writes them
 
 def _yolo_classes(folder):
     for fn in YOLO_CLASS_FILES:
@@ -611,6 +789,33 @@ def _yolo_classes(folder):
         raise DataError(f"{p}: no `names` list; add the class names in index order")
     raise DataError(f"YOLO folder {folder} has no class names file ({', '.join(YOLO_CLASS_FILES)}); write the class names there, one a line")
 
+def _darknet_rel(value:str) -> str:
+    "A path of obj.data or train.txt relative to the folder: darknet reads the folder as `data/`."
+    v = value.strip().replace('\\', '/')
+    return v[len('data/'):] if v.startswith('data/') else v.lstrip('./')
+
+def _darknet_lists(folder) -> list:
+    "The image list files of a darknet folder: those obj.data names, else train.txt, valid.txt, test.txt where present."
+    data = folder/'obj.data'
+    if not data.is_file(): return [folder/f'{k}.txt' for k in DARKNET_LISTS if (folder/f'{k}.txt').is_file()]
+    keys = dict(l.split('=', 1) for l in data.read_text(encoding='utf-8').splitlines() if '=' in l)
+    lists = [folder/_darknet_rel(v) for k, v in keys.items() if k.strip() in DARKNET_LISTS]
+    for p in lists:
+        if not p.is_file(): raise DataError(f"{data} names the image list {p.name}, which is not in {folder}; export the whole YOLO folder again")
+    return lists
+
+def darknet_images(path) -> dict: # a YOLO folder
+    "`{image name: label file}` of a darknet folder's image lists (CVAT's YOLO 1.1: data/obj_train_data/a.png -> a.png); {} for a plain folder."
+    folder, out = Path(path), {}
+    for lst in _darknet_lists(folder):
+        for line in lst.read_text(encoding='utf-8').splitlines():
+            if not line.strip(): continue
+            rel = _darknet_rel(line)
+            parts = rel.split('/', 1)
+            name = parts[1] if len(parts) == 2 and re.fullmatch(r'obj_\w+_data', parts[0]) else rel
+            out[name] = (folder/rel).with_suffix('.txt')
+    return out
+
 def _yolo_line(line, where, classes, w, h):
     parts = line.split()
     if len(parts) != 5: raise DataError(f"{where}: expected 'class cx cy w h' (5 numbers), got {line.strip()[:60]!r}"
@@ -620,26 +825,47 @@ def _yolo_line(line, where, classes, w, h):
     if not 0 <= k < len(classes): raise DataError(f"{where}: class {k}, but the class names file has {len(classes)} names (0..{len(classes) - 1})")
     if not all(map(math.isfinite, (cx, cy, bw, bh))) or bw < 0 or bh < 0:
         raise DataError(f"{where}: {line.strip()[:60]!r} has a negative size or a value that is not finite")
-    return {'x': (cx - bw / 2) * w, 'y': (cy - bh / 2) * h, 'width': bw * w, 'height': bh * h, 'label': classes[k]}
+    return _fit_box({'x': (cx - bw / 2) * w, 'y': (cy - bh / 2) * h, 'width': bw * w, 'height': bh * h, 'label': classes[k]}, w, h, where)
 
-def read_yolo(path,        # the folder of YOLO .txt label files (with classes.txt, obj.names or data.yaml)
+def _yolo_boxes(p, classes, w, h):
+    return [_yolo_line(l, f"{p}, line {j + 1}", classes, w, h) for j, l in enumerate(p.read_text(encoding='utf-8').splitlines()) if l.strip()]
+
+def _read_darknet(folder, listed, classes, sizes, only):
+    "The rows of a darknet folder: one per listed image (of `only`, when given), its size from `sizes`."
+    known = set(listed.values())
+    for p in sorted(folder.rglob('*.txt')):
+        if p not in known and p.parent != folder:
+            raise DataError(f"{p}: a label file no image list (obj.data: {', '.join(DARKNET_LISTS)}) names; add its image to train.txt or remove it")
+    rows = []
+    for name, p in listed.items():
+        if only is not None and name not in only: continue
+        if name not in sizes: raise DataError(f"{folder}: no size for image {name} (listed in the image lists) among the {len(sizes)} "
+                                              f"images given; pass the right images folder or sizes")
+        w, h = sizes[name]
+        rows.append({'name': name, 'boxes': (_yolo_boxes(p, classes, w, h) if p.is_file() else []) or None, 'width': int(w), 'height': int(h)})
+    return rows
+
+def read_yolo(path,        # the folder of YOLO .txt label files (with classes.txt, obj.names or data.yaml; or CVAT's YOLO 1.1 folder)
               images=None, # the folder of the images, to read their sizes
-              sizes=None): # or `{name: (width, height)}` for every image
+              sizes=None,  # or `{name: (width, height)}` for every image
+              only=None):  # read just these image names (a darknet folder's others are left out)
     "The neutral annotations table of a YOLO label folder."
     folder = Path(path)
     if not folder.is_dir(): raise DataError(f"YOLO label folder {folder} does not exist; pass the folder holding the .txt files")
     if sizes is None and images is None:
         raise DataError(f"YOLO labels in {folder} hold no image sizes; pass images='FOLDER' or sizes={{name: (width, height)}}")
     sizes = dict(sizes if sizes is not None else image_sizes(images))
-    classes, by_stem = _yolo_classes(folder), {_rel_stem(n, 'yolo'): n for n in sizes}
-    boxes = {}
+    classes, listed = _yolo_classes(folder), darknet_images(folder)
+    if listed: return _frame(_read_darknet(folder, listed, classes, sizes, only))
+    by_stem, boxes = {_rel_stem(n, 'yolo'): n for n in sizes if only is None or n in only}, {}
     for p in sorted(folder.rglob('*.txt')):
         stem = p.relative_to(folder).with_suffix('').as_posix()
         if p.parent == folder and p.name in YOLO_CLASS_FILES: continue
-        if stem not in by_stem: raise DataError(f"{p}: no image {stem}.* among the {len(sizes)} images given; pass the right images folder or sizes")
+        if stem not in by_stem and only is not None: continue   # an image left out
+        if stem not in by_stem: raise DataError(f"{p}: no image {stem}.* among the {len(by_stem)} images given; pass the right images folder or sizes")
         name = by_stem[stem]; w, h = sizes[name]
-        boxes[name] = [_yolo_line(l, f"{p}, line {j + 1}", classes, w, h) for j, l in enumerate(p.read_text(encoding='utf-8').splitlines()) if l.strip()]
-    return _frame([{'name': n, 'boxes': boxes.get(n) or None, 'width': int(w), 'height': int(h)} for n, (w, h) in sizes.items()])
+        boxes[name] = _yolo_boxes(p, classes, w, h)
+    return _frame([{'name': n, 'boxes': boxes.get(n) or None, 'width': int(sizes[n][0]), 'height': int(sizes[n][1])} for n in by_stem.values()])
 
 # %% ../../nbs/22_label.formats.ipynb #61505033
 def write_yolo(df,            # the neutral annotations table with boxes, width and height, one row per image
@@ -685,7 +911,7 @@ def _voc_file(p, folder):
         try: x0, y0, x1, y1 = (float(_voc_text(bb, t, at)) for t in ('xmin', 'ymin', 'xmax', 'ymax'))
         except ValueError: raise DataError(f"{at}: a <bndbox> corner is not a number") from None
         if x1 < x0 or y1 < y0: raise DataError(f"{at}: xmax < xmin or ymax < ymin")
-        boxes.append({'x': x0, 'y': y0, 'width': x1 - x0, 'height': y1 - y0, 'label': _voc_text(obj, 'name', at)})
+        boxes.append(_fit_box({'x': x0, 'y': y0, 'width': x1 - x0, 'height': y1 - y0, 'label': _voc_text(obj, 'name', at)}, w, h, at))
     return {'name': filename if rel == '.' else f"{rel}/{filename}", 'boxes': boxes or None, 'width': w, 'height': h}
 
 def read_voc(path): # a folder of Pascal VOC XML files (searched recursively), or one such file
@@ -842,3 +1068,26 @@ def write_labels(df,       # the neutral annotations table
                  **options):# passed to the format's writer (e.g. classes= for coco and yolo)
     "Write `df` to `path` in the format `fmt`."
     return _format(fmt).write(df, path, **options)
+
+# %% ../../nbs/22_label.formats.ipynb #01482181
+def _used(label, boxes) -> list:
+    "The class names one row uses: its label(s) and its boxes' labels."
+    names = [] if label is None else list(label) if isinstance(label, (list, tuple)) else [label]
+    return [str(c) for c in names] + [str(b['label']) for b in boxes or []]
+
+def check_classes(df,               # the neutral annotations table
+                  classes,          # the class names the labels must come from
+                  source='labels'): # the file, for messages
+    "Refuse `df` when a label or box label is not one of `classes`; returns `df`."
+    from collections import Counter
+    known, unknown, first = set(map(str, classes)), Counter(), None
+    for name, who, label, boxes in zip(df.name, df.annotator, df.label, df.boxes):
+        bad = [c for c in _used(_value(label), _value(boxes)) if c not in known]
+        if bad and first is None: first = (name, who, bad[0])
+        unknown.update(bad)
+    if first is None: return df
+    name, who, c = first
+    counts = ', '.join(f"{k!r} ({n})" for k, n in unknown.most_common(10))
+    raise DataError(f"{_show(source)}: {name!r}{f' (annotator {who})' if who is not None else ''} has the label {c!r}, which is not "
+                    f"one of the classes {', '.join(map(str, classes))} (labels outside them: {counts}); fix the export, or add "
+                    f"the class to the project's labeling.classes in pipeline.yaml")

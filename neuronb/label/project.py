@@ -4,15 +4,15 @@
 
 # %% ../../nbs/25_label.project.ipynb #c5d9a9c7
 from __future__ import annotations
-import hashlib
+import hashlib, re
 from pathlib import Path
 from ..core import DataError, ParameterError
-from .events import EventStore, events_frame_from_table, aggregate, item_agreement, annotator_accuracy, disagreements
+from .events import EventStore, LabelEvent, events_frame_from_table, aggregate, item_agreement, annotator_accuracy, disagreements
 
 # %% auto #0
-__all__ = ['IMPORTS', 'APP_EVENTS', 'FOLDER_ANNOTATOR', 'LABEL_COLUMNS', 'ProjectEvents', 'project_events', 'import_labels',
-           'import_folder_labels', 'import_project_labels', 'import_message', 'aggregate_project', 'current_table',
-           'export_labels', 'labeling_report']
+__all__ = ['IMPORTS', 'APP_EVENTS', 'MATCH_RULES', 'GOLD_ANNOTATOR', 'FOLDER_ANNOTATOR', 'LABEL_COLUMNS', 'ProjectEvents',
+           'project_events', 'match_names', 'import_labels', 'import_folder_labels', 'import_project_labels',
+           'import_message', 'aggregate_project', 'current_table', 'export_labels', 'labeling_report']
 
 # %% ../../nbs/25_label.project.ipynb #e0c1ac07
 IMPORTS, APP_EVENTS = 'labels/imports', 'labels/events'
@@ -33,6 +33,64 @@ def project_events(store) -> 'pd.DataFrame': # project storage: a `Store` or a U
     "Every label event of a project, imported and from the labeling app, oldest first."
     return ProjectEvents(store).events()
 
+# %% ../../nbs/25_label.project.ipynb #8cc4c2a0
+MATCH_RULES = ('auto', 'path')   # or a regular expression with one group
+_UPLOAD_PREFIX = re.compile(r'^[0-9a-f]{8}-')  # Label Studio renames an uploaded img.png to 1a2b3c4d-img.png
+
+def _ref_path(name:str) -> str:
+    "The file path an image reference names: a URL's path without host or bucket, Label Studio's `?d=` path, unquoted, no leading `/`."
+    from urllib.parse import urlsplit, parse_qs, unquote
+    name = name.replace('\\', '/')
+    if '://' in name or '?' in name:
+        u = urlsplit(name)
+        name = (parse_qs(u.query).get('d') or [unquote(u.path)])[0]
+    return name.lstrip('/')
+
+def _match_rule(match):
+    "`match` checked: 'auto', 'path', or a compiled regular expression with exactly one group."
+    if match in MATCH_RULES: return match
+    try: rx = re.compile(str(match))
+    except re.error as e: rx, err = None, f"is not a regular expression ({e})"
+    else: err = None if rx.groups == 1 else f"has {rx.groups} groups, not one"
+    if err: raise ParameterError(f"match rule {match!r} {err}; pass 'auto', 'path', or a regular expression whose one group "
+                                 f"is the dataset's file name, e.g. '^s3://[^/]+/(.+)$'")
+    return rx
+
+def _by_base(files) -> dict:
+    out = {}
+    for f in files: out.setdefault(f.rsplit('/', 1)[-1], []).append(f)
+    return out
+
+def _auto_match(name, files, by_base, source):
+    "The dataset file `name` refers to: the same name, the same path, else the only file with its base name (see `match_names`)."
+    if name in files: return name
+    path = _ref_path(name)
+    if path in files: return path
+    base = path.rsplit('/', 1)[-1]
+    if base not in by_base and _UPLOAD_PREFIX.match(base):  # an upload the dataset holds under its own name
+        base = _UPLOAD_PREFIX.sub('', base); path = path[:len(path) - len(base) - 9] + base
+    cands = by_base.get(base, [])
+    if len(cands) <= 1: return cands[0] if cands else None
+    inside = [f for f in cands if path.endswith('/' + f)]   # the folders disambiguate: .../x/img.png is x/img.png
+    if inside: return max(inside, key=len)
+    raise DataError(f"{source}: {name!r} could be any of the dataset's files {', '.join(sorted(cands)[:5])}"
+                    f"{' ...' if len(cands) > 5 else ''} (the same base name {base!r}); say which with a match rule: "
+                    f"a regular expression whose one group is the dataset's file name (--match '^s3://[^/]+/(.+)$')")
+
+def match_names(names,           # the image names of an export (file names, paths, URLs)
+                files,           # the dataset's file names (e.g. `version_files(...)`)
+                match='auto',    # 'auto', 'path', or a regular expression with one group
+                source='labels') -> dict: # the export, for messages
+    "`{name: dataset file name or None}` for each distinct name: which file of the dataset each one refers to."
+    rule = _match_rule(match)
+    names = list(dict.fromkeys(names))
+    if rule == 'path': return {n: n if n in files else None for n in names}
+    if rule == 'auto':
+        by_base = _by_base(files)
+        return {n: _auto_match(str(n), files, by_base, source) for n in names}
+    found = {n: rule.search(str(n)) for n in names}
+    return {n: m.group(1) if m and m.group(1) in files else None for n, m in found.items()}
+
 # %% ../../nbs/25_label.project.ipynb #e0fe9f36
 def _source_tag(path, fmt) -> str:
     p = Path(path)
@@ -43,30 +101,80 @@ def _dataset(project, dataset=None) -> str:
     "`dataset`, else the one the project's `labeling:` block names, else the project's own."
     return dataset or (project.labeling or {}).get('dataset') or getattr(project, 'dataset', None) or 'images'
 
+def _matched(table, files, match, path, dataset):
+    "The rows of `table` that name a dataset file, renamed to it; refuses a table none of whose rows does."
+    found = match_names(table.name.tolist(), files, match, str(path))
+    names = table.name.map(found)
+    matched = names.notna().to_numpy(dtype=bool)
+    if len(table) and not matched.any():
+        raise DataError(f"none of the {len(table)} rows of {path} names a file of dataset {dataset!r} (e.g. {table.name.iloc[0]!r}); "
+                        f"names must match the dataset's file names (`neuronb data log -d {dataset}`), or say how with a "
+                        f"match rule (--match: 'auto', 'path' or a regular expression whose one group is the file name)")
+    return table[matched].assign(name=names[matched].astype(object)), int((~matched).sum())
+
+def _yolo_sizes(folder, store, files, match, dataset) -> tuple:
+    "`read_yolo`'s sizes= and only= for the images a YOLO folder labels that the dataset has (sizes read from storage), and how many it lacks."
+    from neuronb.label.formats import darknet_images, _rel_stem
+    from neuronb.label.events import read_item
+    from neuronb.data.images import image_size
+    names, lacking = list(darknet_images(folder)), None
+    if not names:   # a plain folder: a label file a.txt labels the dataset's a.png
+        stems = {p.relative_to(folder).with_suffix('').as_posix() for p in folder.rglob('*.txt') if p.parent != folder or p.name != 'classes.txt'}
+        names = [n for n in files if _rel_stem(n, 'yolo') in stems]
+        lacking = len(stems - {_rel_stem(n, 'yolo') for n in names})
+    found = match_names(names, files, match, str(folder))
+    sizes = {n: image_size(read_item(store, files[f], f)) for n, f in found.items() if f is not None}
+    if not sizes:
+        raise DataError(f"none of the images the YOLO folder {folder} labels is a file of dataset {dataset!r}; names must match the "
+                        f"dataset's file names (`neuronb data log -d {dataset}`), or say how with a match rule (--match)")
+    return {'sizes': sizes, 'only': set(sizes)}, len(names) - len(sizes) if lacking is None else lacking
+
+GOLD_ANNOTATOR = 'gold'   # who the right answers of an export's control tasks (Toloka's GOLDEN:) are from
+
+def _gold_table(gold:dict):
+    import pandas as pd
+    return pd.DataFrame({'name': list(gold), 'annotator': GOLD_ANNOTATOR, 'label': list(gold.values()), 'boxes': None}, dtype=object)
+
+def _gold_events(gold:dict, files, match, path, source) -> list:
+    "The control tasks' right answers as review events of the dataset files they name (the others left out)."
+    found = match_names(list(gold), files, match, str(path))
+    return [LabelEvent(files[found[n]], GOLD_ANNOTATOR, label, kind='review', name=found[n], source=source)
+            for n, label in gold.items() if found[n] is not None]
+
 def import_labels(project,        # a `Project`
                   path,           # the export: a file or (YOLO, VOC) a folder
                   fmt=None,       # its format; default: detected (see `neuronb.label.formats.FORMATS`)
                   dataset=None,   # the dataset whose items the rows name; default: the `labeling:` block's
                   skip_imported=False, # a file imported before: skip it quietly (a pipeline stage rerunning) instead of refusing
+                  match='auto',   # how a row's image name finds its dataset file: 'auto', 'path' or a regex (`match_names`)
                   **options) -> dict: # passed to the format's reader
     "Store the rows of a labeling export as label events; returns counts of imported and set-aside rows."
-    from neuronb.label.formats import read_labels, detect_format
+    from neuronb.label.formats import read_labels, detect_format, check_classes
     from neuronb.data.versions import version_files
     if not Path(path).exists(): raise DataError(f"{path} does not exist; pass the path of the exported labels")
+    _match_rule(match)
     fmt = fmt or detect_format(path)
     dataset = _dataset(project, dataset)
-    store, table = project.store(), read_labels(path, fmt, **options)
+    store = project.store()
     files, source = version_files(store, 'latest', dataset), _source_tag(path, fmt)
     imports = EventStore(store, IMPORTS)
     if (imports.events().source == source).any():
         if skip_imported: return {'imported': 0, 'set_aside': 0, 'format': fmt, 'source': source, 'skipped': True}
         raise DataError(f"{path} was imported before (as {source}); importing it again would count its answers twice")
-    matched = table.name.isin(files)
-    if not matched.any():
-        raise DataError(f"none of the {len(table)} rows of {path} names a file of dataset {dataset!r} (e.g. {table.name.iloc[0]!r}); "
-                        f"names must match the dataset's file names (`neuronb data log -d {dataset}`)")
-    n = imports.add_many(events_frame_from_table(table[matched], files, source=source))
-    return {'imported': n, 'set_aside': int((~matched).sum()), 'format': fmt, 'source': source, 'skipped': False}
+    unsized = 0
+    if fmt == 'yolo' and not {'sizes', 'images'} & set(options):  # YOLO files hold no image size: the dataset's images do
+        sized, unsized = _yolo_sizes(Path(path), store, files, match, dataset)
+        options = {**options, **sized}
+    table = read_labels(path, fmt, **options)
+    gold = table.attrs.get('gold') or {}
+    table, set_aside = _matched(table, files, match, path, dataset)
+    set_aside += unsized
+    classes = (project.labeling or {}).get('classes')
+    if classes: check_classes(table, classes, path); check_classes(_gold_table(gold), classes, path)
+    reviews = _gold_events(gold, files, match, path, source)
+    n = imports.add_many(events_frame_from_table(table, files, source=source))
+    if reviews: imports.add_many(reviews)
+    return {'imported': n, 'set_aside': set_aside, 'format': fmt, 'source': source, 'skipped': False}
 
 # %% ../../nbs/25_label.project.ipynb #ebfacee3
 FOLDER_ANNOTATOR = 'folders'
