@@ -10,8 +10,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['RECORD_MIME', 'PIPELINE_FILE', 'NeuronbError', 'ConfigError', 'ParameterError', 'NotebookError', 'StageFailed',
-           'StorageError', 'DataError', 'ModelError', 'utc_now', 'record', 'recorded_metrics', 'find_project_dir',
-           'atomic_write', 'StatCache']
+           'StorageError', 'DataError', 'ModelError', 'utc_now', 'run_context', 'record', 'recorded_metrics',
+           'find_project_dir', 'atomic_write', 'StatCache']
 
 # %% ../nbs/00_core.ipynb #18c134b7
 class NeuronbError(Exception):
@@ -29,6 +29,11 @@ class ModelError(NeuronbError): "A saved model is missing, tampered with or does
 def utc_now(timespec='milliseconds') -> str:
     "Now, in UTC, as ISO 8601 text (e.g. `2026-12-03T14:05:09.123+00:00`)."
     return datetime.now(timezone.utc).isoformat(timespec=timespec)
+
+# %% ../nbs/00_core.ipynb #7a7fbfcc
+def run_context() -> dict:
+    "The pipeline run a stage notebook executes in: `{'run_id', 'stage', 'project'}`, None each outside `neuronb run`."
+    return {k: os.environ.get(f'NEURONB_{k.upper()}') or None for k in ('run_id', 'stage', 'project')}
 
 # %% ../nbs/00_core.ipynb #ce42fcae
 RECORD_MIME = 'application/vnd.neuronb.record+json'

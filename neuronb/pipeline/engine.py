@@ -181,7 +181,8 @@ def _run_stage(self, plan) -> StageOutcome:
     self.record(plan, 'running', started=started, notebook=rel(out))
     self.say(f"[{i}/{len(self.index)}] {s.name:<10} running ({plan.reason or 'forced'})")
     res = run_notebook(self.project.root/s.notebook, out, plan.parameters, stage=s.name, kernel_name=self.project.kernel,
-                       timeout=s.timeout or self.project.timeout, pool=self.pool or None, interrupt=self.interrupt)
+                       timeout=s.timeout or self.project.timeout, pool=self.pool or None, interrupt=self.interrupt,
+                       context={'run_id': self.run_id, 'stage': s.name, 'project': self.project.root})
     status, error, outputs = res.status, res.error, {}  # an interrupted stage's outputs are not recorded: nothing is reused
     if status == 'ok':
         outputs, missing = self.missing_outputs(s)

@@ -11,8 +11,8 @@ from pathlib import Path
 from ..core import ConfigError, NeuronbError, StageFailed, PIPELINE_FILE, find_project_dir, atomic_write
 
 # %% auto #0
-__all__ = ['Stage', 'Project', 'producers', 'dependencies', 'upstream', 'downstream', 'check_graph', 'load_yaml',
-           'parse_pipeline', 'parse_labeling', 'load_project', 'check_parameters', 'parse_overrides']
+__all__ = ['DEFAULT_GATE', 'Stage', 'Project', 'producers', 'dependencies', 'upstream', 'downstream', 'check_graph', 'load_yaml',
+           'parse_pipeline', 'parse_labeling', 'parse_promote', 'load_project', 'check_parameters', 'parse_overrides']
 
 # %% ../../nbs/61_pipeline.project.ipynb #a0140a62
 @dataclass
@@ -38,6 +38,7 @@ class Project:
     registry: str|None = None   # run registry URL; None: SQLite in .neuronb/ of the project
     labeling: dict|None = None  # the `labeling:` block: what `neuronb label serve` serves (see `parse_labeling`)
     dataset: str = 'images'     # the dataset of the project's images in its storage: what ingest commits and the stages read
+    promote: dict = field(default_factory=lambda: dict(DEFAULT_GATE))  # the promotion gate (see `parse_promote`)
 
     @property
     def runs_dir(self): return self.root/'runs'
@@ -151,7 +152,7 @@ def load_yaml(text:str, path='pipeline.yaml'):
     except yaml.YAMLError as e: raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
 
 # %% ../../nbs/61_pipeline.project.ipynb #b9dd7c21
-_PROJECT_KEYS = {'name', 'dataset', 'storage', 'kernel', 'timeout', 'stages', 'registry', 'labeling'}
+_PROJECT_KEYS = {'name', 'dataset', 'storage', 'kernel', 'timeout', 'stages', 'registry', 'labeling', 'promote'}
 _STAGE_KEYS = {'notebook', 'parameters', 'timeout', 'inputs', 'outputs', 'needs'}
 _NAME_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_-]*$')
 
@@ -198,7 +199,7 @@ def parse_pipeline(text:str, root:Path, path='pipeline.yaml') -> Project:
                       str(cfg.get('kernel', 'python3')), int(cfg.get('timeout', 900)),
                       [_parse_stage(n, s, path) for n, s in stages.items()], cfg.get('registry'),
                       parse_labeling(cfg['labeling'], path) if cfg.get('labeling') is not None else None,
-                      _dataset_name(cfg.get('dataset', 'images'), path))
+                      _dataset_name(cfg.get('dataset', 'images'), path), parse_promote(cfg.get('promote'), path))
     check_graph(project, path)
     return project
 
@@ -220,6 +221,29 @@ def parse_labeling(spec, path='pipeline.yaml') -> dict:
     return dict(notebook=_norm(str(spec.get('notebook', 'labeling/label.ipynb'))), dataset=str(spec.get('dataset', 'raw')),
                 classes=classes, multi_label=bool(spec.get('multi_label', False)), boxes=bool(spec.get('boxes', False)),
                 overlap=overlap, instructions=str(spec.get('instructions', '')))
+
+# %% ../../nbs/61_pipeline.project.ipynb #74179690
+DEFAULT_GATE = {'metric': 'test_accuracy', 'min': None, 'beat': 'champion', 'by': 0.0, 'goal': 'maximize'}
+_PROMOTE_KEYS = set(DEFAULT_GATE)
+
+def _number(spec, key, path):
+    v = spec.get(key, DEFAULT_GATE[key])
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        raise ConfigError(f"{path}: promote.{key} must be a number, e.g. {key}: 0.9, not {v!r}")
+    return None if v is None else float(v)
+
+def parse_promote(spec, path='pipeline.yaml') -> dict:
+    "The `promote:` block checked, with defaults: which metric decides, its floor, and whom it must beat."
+    if spec is None: return dict(DEFAULT_GATE)
+    if not isinstance(spec, dict): raise ConfigError(f"{path}: `promote` must be a mapping, e.g. promote: {{metric: test_accuracy, min: 0.9}}")
+    _check_keys(spec, _PROMOTE_KEYS, '`promote`', path)
+    metric, beat, goal = spec.get('metric', 'test_accuracy'), spec.get('beat', 'champion'), spec.get('goal', 'maximize')
+    if not isinstance(metric, str) or not metric.isidentifier():
+        raise ConfigError(f"{path}: promote.metric must name a metric the train stage records, e.g. test_accuracy; not {metric!r}")
+    if beat is not None and not isinstance(beat, str): raise ConfigError(f"{path}: promote.beat must be an alias (champion) or none, not {beat!r}")
+    if goal not in ('maximize', 'minimize'): raise ConfigError(f"{path}: promote.goal must be maximize or minimize, not {goal!r}")
+    return {'metric': metric, 'min': _number(spec, 'min', path), 'beat': None if beat in (None, 'none') else beat,
+            'by': _number(spec, 'by', path) or 0.0, 'goal': goal}
 
 # %% ../../nbs/61_pipeline.project.ipynb #e8ccff61
 def load_project(path=None) -> Project:

@@ -216,7 +216,7 @@ def _status_path(output:Path) -> Path: return output.with_name(output.stem + '.s
 
 
 # %% ../../nbs/60_pipeline.runner.ipynb #f95e0bd6
-_INJECTED = ('injected-parameters', 'papermill-error-cell-tag')
+_INJECTED = ('injected-parameters', 'injected-context', 'papermill-error-cell-tag')
 
 def _author_index(cells, i:int) -> int:
     "Index in the stage notebook of executed cell `i` (papermill's inserted cells skipped)."
@@ -255,7 +255,15 @@ def _banner_cells(error:dict, kind:str):
     return top, anchor
 
 # %% ../../nbs/60_pipeline.runner.ipynb #b5af33ea
-def _papermill(notebook:Path, partial:Path, parameters:dict, kernel_name:str, timeout, km, progress:bool):
+def _context_cell(context:dict):
+    "A first cell that puts the run's context (run id, stage) into the kernel's environment, tagged like papermill's."
+    import nbformat
+    env = {f"NEURONB_{k.upper()}": str(v) for k, v in context.items() if v is not None}
+    cell = nbformat.v4.new_code_cell(f"import os as _os; _os.environ.update({env!r}); del _os  # injected by neuronb: the run this stage is part of")
+    cell.metadata['tags'] = ['injected-context']
+    return cell
+
+def _papermill(notebook:Path, partial:Path, parameters:dict, kernel_name:str, timeout, km, progress:bool, context=None):
     "papermill's `execute_notebook` step by step, in the running kernel `km`, without changing directory."
     from papermill.iorw import load_notebook_node, write_ipynb
     from papermill.parameterize import parameterize_notebook
@@ -266,6 +274,7 @@ def _papermill(notebook:Path, partial:Path, parameters:dict, kernel_name:str, ti
         lang = getattr(getattr(km, 'kernel_spec', None), 'language', None) or 'python'
         nb.metadata['kernelspec'] = {'name': kernel_name, 'language': lang, 'display_name': kernel_name}
     if parameters: nb = parameterize_notebook(nb, parameters, kernel_name=kernel_name)
+    if context: nb.cells.insert(0, _context_cell(context))
     nb = remove_error_markers(prepare_notebook_metadata(nb, str(notebook), str(partial)))
     nb = papermill_engines.execute_notebook_with_engine(None, nb, kernel_name=kernel_name, input_path=str(notebook),
                                                         output_path=str(partial), progress_bar=progress, log_output=False,
@@ -273,11 +282,11 @@ def _papermill(notebook:Path, partial:Path, parameters:dict, kernel_name:str, ti
     raise_for_execution_errors(nb, str(partial))  # papermill's banner for a cell that raised
     write_ipynb(nb, str(partial))
 
-def _execute(notebook:Path, partial:Path, parameters:dict, kernel_name:str, timeout, km, progress:bool):
+def _execute(notebook:Path, partial:Path, parameters:dict, kernel_name:str, timeout, km, progress:bool, context=None):
     "Run `notebook` into `partial` in kernel `km`; `(status, exception or None)`."
     from papermill.exceptions import PapermillExecutionError
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    try: _papermill(notebook, partial, parameters, kernel_name, timeout, km, progress)
+    try: _papermill(notebook, partial, parameters, kernel_name, timeout, km, progress, context)
     except PapermillExecutionError as e: return 'error', e
     except CellTimeoutError as e: return 'timeout', e
     except DeadKernelError as e: return 'dead', e
@@ -325,10 +334,10 @@ def _kernel(pool, kernel_name:str, cwd:Path, log:Path):
     if pool is not None and pool.kernel_name == kernel_name: return pool.take(cwd)
     return start_kernel(kernel_name, cwd, log)
 
-def _run_in(km, notebook:Path, partial:Path, parameters:dict, kernel_name:str, timeout, progress:bool, interrupt=None):
+def _run_in(km, notebook:Path, partial:Path, parameters:dict, kernel_name:str, timeout, progress:bool, interrupt=None, context=None):
     "Execute in kernel `km` and start stopping it; `(status, exception, kernel log tail if it died, thread stopping it)`."
     if interrupt: interrupt.attach(km)
-    try: status, exc = _execute(notebook, partial, parameters, kernel_name, timeout, km, progress)
+    try: status, exc = _execute(notebook, partial, parameters, kernel_name, timeout, km, progress, context)
     except BaseException:
         stop_kernel(km, now=True)
         raise
@@ -400,7 +409,8 @@ def run_notebook(notebook,                # the stage notebook (.ipynb with a `p
                  html=True,               # also write an HTML copy beside the output
                  progress=False,          # show papermill's progress bar
                  pool:KernelPool|None=None, # kernels started ahead; used when its kernel_name is this one
-                 interrupt:Interrupt|None=None # fired (from another thread) to interrupt the stage: status 'interrupted'
+                 interrupt:Interrupt|None=None, # fired (from another thread) to interrupt the stage: status 'interrupted'
+                 context:dict|None=None   # e.g. {'run_id': ..., 'stage': ...}: NEURONB_RUN_ID, NEURONB_STAGE in the kernel
                 ) -> StageResult:
     "Execute a stage notebook with papermill; the result says how it went (it does not raise on failure). Thread-safe."
     notebook, output = Path(notebook), Path(output)
@@ -415,7 +425,7 @@ def run_notebook(notebook,                # the stage notebook (.ipynb with a `p
     try:
         given = {k: merged[k] for k in parameters or {}}  # only what was given is injected, as validated
         km = _kernel(pool, kernel_name, wd, klog)
-        status, exc, last_words, stopping = _run_in(km, src, partial, given, kernel_name, timeout, progress, interrupt)
+        status, exc, last_words, stopping = _run_in(km, src, partial, given, kernel_name, timeout, progress, interrupt, context)
         nb, error = _finish(partial, output, status, exc, timeout)
         if status == 'dead': error['kernel_log'] = last_words
         _write_notebook(nb, out, html)
