@@ -189,12 +189,17 @@ def default_storage(project_dir=None) -> str: # the project folder; default: the
 
 def _storage(url:str):
     "An optuna storage for `url`; SQLite with a busy timeout so parallel workers wait instead of failing."
-    import optuna
+    import optuna, sqlalchemy
     kw = {'connect_args': {'timeout': 60}} if url.startswith('sqlite') else {}
-    try: return optuna.storages.RDBStorage(url, engine_kwargs=kw)
-    except Exception as e:
-        raise ConfigError(f"cannot open sweep storage {url!r} ({type(e).__name__}: {e}); pass a database URL such as "
-                          f"sqlite:///path/sweeps.db or postgresql://user@host/db") from None
+    for attempt in range(3):
+        try: return optuna.storages.RDBStorage(url, engine_kwargs=kw)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            err = e  # another worker created the same tables at that moment: they are there on the next try
+        except Exception as e:
+            err = e; break
+    from neuronb.pipeline.registry import _mask, _sa_message
+    raise ConfigError(f"cannot open sweep storage {_mask(url)!r} ({type(err).__name__}: {_sa_message(err)}); pass a database "
+                      f"URL such as sqlite:///path/sweeps.db or postgresql://user@host/db") from None
 
 # %% ../nbs/50_sweep.ipynb #b5efe7b7
 def _trial_fn(objective, sc:SweepConfig):
