@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 EXAMPLE ?= example
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test install browser check export clean-example bench
+.PHONY: run test install browser postgres check export clean-example bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,13 @@ run: install
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
-test: install browser
+# Debian's PostgreSQL server for the shared-database tests (they start a server of their own in a temporary folder).
+# Outside CI a machine that cannot install it only skips those tests; in CI (CI=true) it is an error.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+	  || { test -z "$$CI" && echo "PostgreSQL could not be installed: the shared-database tests will be skipped"; }
+
+test: install browser postgres
 	@# one process per notebook: kernel-starting notebooks leave nothing behind for the next one
 	@for nb in nbs/*.ipynb; do WANDB_MODE=disabled $(BIN)/nbdev_test --path $$nb --n_workers 0 --flags slow || exit 1; done; echo "notebook tests passed"
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q tests

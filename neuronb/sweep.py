@@ -4,17 +4,18 @@
 
 # %% ../nbs/50_sweep.ipynb #46116916
 from __future__ import annotations
-import math, os, sys, threading
+import math, os, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import ConfigError, ParameterError, StageFailed, PIPELINE_FILE, atomic_write, find_project_dir
+from .tracking import has_api_key, server_reachable, wandb_base_url
 
 # %% auto #0
 __all__ = ['METHODS', 'GOALS', 'DISTRIBUTIONS', 'SWEEP_ENGINES', 'Param', 'SweepConfig', 'parse_sweep_config', 'suggest_params',
            'grid_size', 'make_sampler', 'make_pruner', 'default_storage', 'TrackedObjective', 'run_local_sweep',
            'default_trials', 'results_table', 'digits_objective', 'project_objective', 'default_objective',
-           'wandb_base_url', 'server_reachable', 'choose_engine', 'SweepResult', 'register_engine', 'LocalEngine',
-           'WandbEngine', 'resolve_objective', 'pick_engine', 'sweep', 'plot_parallel', 'apply_best']
+           'choose_engine', 'SweepResult', 'register_engine', 'LocalEngine', 'WandbEngine', 'resolve_objective',
+           'pick_engine', 'sweep', 'plot_parallel', 'apply_best']
 
 # %% ../nbs/50_sweep.ipynb #82725188
 METHODS = ('grid', 'random', 'bayes')
@@ -189,12 +190,17 @@ def default_storage(project_dir=None) -> str: # the project folder; default: the
 
 def _storage(url:str):
     "An optuna storage for `url`; SQLite with a busy timeout so parallel workers wait instead of failing."
-    import optuna
+    import optuna, sqlalchemy
     kw = {'connect_args': {'timeout': 60}} if url.startswith('sqlite') else {}
-    try: return optuna.storages.RDBStorage(url, engine_kwargs=kw)
-    except Exception as e:
-        raise ConfigError(f"cannot open sweep storage {url!r} ({type(e).__name__}: {e}); pass a database URL such as "
-                          f"sqlite:///path/sweeps.db or postgresql://user@host/db") from None
+    for attempt in range(3):
+        try: return optuna.storages.RDBStorage(url, engine_kwargs=kw)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            err = e  # another worker created the same tables at that moment: they are there on the next try
+        except Exception as e:
+            err = e; break
+    from neuronb.pipeline.registry import _mask, _sa_message
+    raise ConfigError(f"cannot open sweep storage {_mask(url)!r} ({type(err).__name__}: {_sa_message(err)}); pass a database "
+                      f"URL such as sqlite:///path/sweeps.db or postgresql://user@host/db") from None
 
 # %% ../nbs/50_sweep.ipynb #b5efe7b7
 def _trial_fn(objective, sc:SweepConfig):
@@ -445,32 +451,9 @@ def default_objective() -> callable:
     except (ConfigError, OSError, ValueError): return digits_objective
     return project_objective if meta.get('ready', True) else digits_objective
 
-# %% ../nbs/50_sweep.ipynb #a86341b9
-def wandb_base_url() -> str:
-    "The W&B server configured here: `WANDB_BASE_URL`, else the host `wandb login --host` saved, else api.wandb.ai."
-    import configparser
-    if url := os.environ.get('WANDB_BASE_URL'): return url.rstrip('/')
-    cp = configparser.ConfigParser()
-    cp.read(Path(os.environ.get('WANDB_CONFIG_DIR') or Path.home()/'.config'/'wandb')/'settings')
-    return cp.get('default', 'base_url', fallback='https://api.wandb.ai').rstrip('/')
-
-def server_reachable(url:str, # the server's base URL
-                     timeout:float=2.0) -> bool: # seconds to wait for an answer, name lookup included
-    "Whether an HTTP server answers at `url` within `timeout` seconds (any HTTP status is an answer)."
-    import urllib.request, urllib.error
-    answered = []
-    def probe():
-        try: urllib.request.urlopen(url, timeout=timeout).close(); answered.append(True)
-        except urllib.error.HTTPError: answered.append(True)
-        except Exception: pass
-    t = threading.Thread(target=probe, daemon=True)
-    t.start(); t.join(timeout)
-    return bool(answered)
-
 # %% ../nbs/50_sweep.ipynb #2613c37b
 def choose_engine(timeout:float=2.0) -> tuple: # seconds the W&B server gets to answer
     "`(engine, why)`: 'wandb' when W&B is online with an API key and its server answers, else 'local'."
-    from neuronb.tracking import has_api_key
     mode = os.environ.get('WANDB_MODE', '').strip().lower()
     if mode and mode not in ('online', 'run'): return 'local', f"WANDB_MODE={mode}: no W&B server is used"
     if not has_api_key(): return 'local', "W&B has no API key here (`wandb login` and WANDB_MODE=online use a W&B server)"

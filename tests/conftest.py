@@ -1,5 +1,6 @@
-"""Fixtures shared by the storage tests: a real S3-protocol server (moto's standalone server) on 127.0.0.1."""
-import logging
+"""Fixtures shared by the storage tests: a real S3-protocol server (moto's standalone server) on 127.0.0.1, and a real
+PostgreSQL server of the tests' own on a Unix socket."""
+import logging, os
 import pytest
 
 
@@ -23,3 +24,55 @@ def aws_env(monkeypatch, tmp_path):
     monkeypatch.setenv('AWS_DEFAULT_REGION', 'us-east-1'); monkeypatch.setenv('AWS_EC2_METADATA_DISABLED', 'true')
     monkeypatch.setenv('AWS_CONFIG_FILE', str(tmp_path/'none')); monkeypatch.setenv('AWS_SHARED_CREDENTIALS_FILE', str(tmp_path/'none'))
     return monkeypatch
+
+
+def _postgres_bin():
+    "The folder of the newest Debian PostgreSQL server binaries, or None."
+    import glob
+    found = sorted(glob.glob('/usr/lib/postgresql/[0-9]*/bin/pg_ctl'), key=lambda p: int(p.split('/')[-3]))
+    return os.path.dirname(found[-1]) if found else None
+
+
+@pytest.fixture(scope='session')
+def postgres_server():
+    """The socket folder of a PostgreSQL server of the tests' own: a fresh cluster in a temporary folder, reached only
+    through a Unix socket there (no TCP port), stopped and removed after the session. Skipped when PostgreSQL is not
+    installed (`make postgres` installs it), except in CI, where that is a failure."""
+    import pwd, shutil, subprocess, tempfile
+    bin_dir, missing = _postgres_bin(), None
+    if bin_dir is None: missing = 'PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl); run `make postgres`'
+    else:
+        try: import psycopg  # noqa: F401
+        except ImportError: missing = "the psycopg driver is not installed; `pip install 'psycopg[binary]'` (or `make install`)"
+    if missing:
+        if os.environ.get('CI'): pytest.fail(f'{missing}: CI must run the PostgreSQL tests')
+        pytest.skip(missing)
+    as_user = []
+    if os.getuid() == 0:  # the server refuses to run as root: run it as the postgres user Debian's package creates
+        try: pw = pwd.getpwnam('postgres')
+        except KeyError: pytest.fail("running as root and there is no 'postgres' user to run the PostgreSQL server as")
+        as_user = ['runuser', '-u', 'postgres', '--']
+    top = tempfile.mkdtemp(prefix='neuronb-pg-')  # short: a Unix socket path must stay under 108 bytes
+    if as_user: os.chown(top, pw.pw_uid, pw.pw_gid)
+    data, log = os.path.join(top, 'data'), os.path.join(top, 'server.log')
+    def pg(*args): return subprocess.run(as_user + [os.path.join(bin_dir, args[0]), *args[1:]], capture_output=True, text=True)
+    def check(res, what):
+        if res.returncode: pytest.fail(f"{what} failed:\n{res.stdout}{res.stderr}" + (open(log).read() if os.path.exists(log) else ''))
+    try:
+        check(pg('initdb', '-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync'), 'initdb')
+        # -w: pg_ctl returns once the server accepts connections (or fails after -t seconds)
+        check(pg('pg_ctl', '-D', data, '-l', log, '-w', '-t', '60', '-o', f"-k {top} -c listen_addresses='' -F", 'start'), 'pg_ctl start')
+        yield top
+    finally:
+        if os.path.exists(os.path.join(data, 'postmaster.pid')): pg('pg_ctl', '-D', data, '-m', 'fast', '-w', 'stop')
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    "A SQLAlchemy URL (`postgresql+psycopg`) to a new, empty database on the tests' PostgreSQL server."
+    import uuid, psycopg
+    name = f'test_{uuid.uuid4().hex[:12]}'
+    with psycopg.connect(host=postgres_server, user='postgres', dbname='postgres', autocommit=True) as con:
+        con.execute(f'CREATE DATABASE {name}')
+    return f'postgresql+psycopg://postgres@/{name}?host={postgres_server}'

@@ -180,9 +180,9 @@ def test_open_refusals(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match="no run 'x' in the registry .*no run is recorded yet"): reg.run('x')
 
 
-def example_registry(tmp_path):
-    "Two runs of project `digits`: the first ran both stages, the second reused `prepare` and failed in `train`."
-    reg = open_registry(tmp_path/'r.db')
+def example_registry(url):
+    "Two runs of project `digits` at `url`: the first ran both stages, the second reused `prepare` and failed in `train`."
+    reg = open_registry(url)
     reg.start_run('digits', '20260105-093000-a1b2', 'runs/20260105-093000-a1b2', argv=['neuronb', 'run'],
                   info={'git': 'abc1234'})
     stage(reg, '20260105-093000-a1b2', 'prepare', notebook='runs/20260105-093000-a1b2/01_prepare.ipynb',
@@ -202,7 +202,7 @@ def example_registry(tmp_path):
 
 
 def test_format_runs(tmp_path):
-    with example_registry(tmp_path) as reg: lines = format_runs(reg.runs('digits')).splitlines()
+    with example_registry(tmp_path/'r.db') as reg: lines = format_runs(reg.runs('digits')).splitlines()
     assert lines[0].split() == ['run', 'started', '(UTC)', 'status', 'time', 'ran/reused/failed', 'metrics']
     assert set(lines[1]) == {'-'}
     assert lines[2].startswith('20260105-094500-c3d4') and ' failed ' in lines[2] and ' 1/1/1' in lines[2]
@@ -212,7 +212,7 @@ def test_format_runs(tmp_path):
 
 
 def test_format_lineage(tmp_path):
-    with example_registry(tmp_path) as reg:
+    with example_registry(tmp_path/'r.db') as reg:
         text = format_lineage(reg.run('20260105-0945'))
         first = format_lineage(reg.run('20260105-0930'))
     assert text.startswith('run 20260105-094500-c3d4  project digits  failed')
@@ -231,7 +231,7 @@ def test_write_run_index(tmp_path):
                        ('20260105-094500-c3d4', ['02_train.ipynb', '02_train.html'])]:
         (runs/rid).mkdir(parents=True)
         for n in names: (runs/rid/n).write_text('{}')
-    with example_registry(tmp_path) as reg:
+    with example_registry(tmp_path/'r.db') as reg:
         path = write_run_index(reg.run('20260105-094500-c3d4'), runs/'20260105-094500-c3d4')
         first = write_run_index(reg.run('20260105-093000-a1b2'), runs/'20260105-093000-a1b2').read_text()
     page = path.read_text()
@@ -267,34 +267,64 @@ def test_import_and_open_stay_cheap(tmp_path):
     assert got['seconds'] < 0.25, f"import + open + 3 queries took {got['seconds']:.3f} s"
 
 
-SHARED_URL = os.environ.get('NEURONB_TEST_REGISTRY_URL')  # e.g. postgresql+psycopg://postgres@127.0.0.1:5432/neuronb
+# --- a shared registry on a real PostgreSQL server (the `postgres_url` fixture starts one of the tests' own)
 
-SHARED_WRITER = """
-    import sys
-    from neuronb.pipeline.registry import open_registry
-    url, run_id, name = sys.argv[1:]
-    with open_registry(url) as reg:
-        for i in range(50):
-            kw = dict(fingerprint=None, parameters={}, inputs={}, outputs={}, metrics={'i': i}, notebook=None, html=None,
-                      started='2026-01-05T09:30:00+00:00', duration=0.0)
-            reg.record_stage(run_id, f'{name}-{i}', status='running', **kw)
-            reg.record_stage(run_id, f'{name}-{i}', status='ok', **kw)
-"""
-
-
-@pytest.mark.skipif(not SHARED_URL, reason='set NEURONB_TEST_REGISTRY_URL to a database server URL to run it')
-def test_shared_database_two_processes():
-    "Two processes recording into a database server; rows use a fresh run id, nothing else in the database is touched."
-    import uuid
-    run_id = f'test-{uuid.uuid4().hex}'
-    with open_registry(SHARED_URL) as reg: reg.start_run('neuronb-test', run_id, 'runs/x')
-    procs = [spawn(SHARED_WRITER, SHARED_URL, run_id, n) for n in 'ab']
+def test_postgres_two_processes_write_at_once(postgres_url, tmp_path):
+    "Two processes create the tables, start the same run and record 100 stage rows at the same moment: all there, in order."
+    procs = [spawn(WRITER, postgres_url, name, 50, tmp_path) for name in 'ab']
+    deadline = time.time() + 60
+    while not all((tmp_path/f'ready-{n}').exists() for n in 'ab'):
+        assert time.time() < deadline, 'writers did not start'
+        time.sleep(0.01)
+    (tmp_path/'go').touch()
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-    with open_registry(SHARED_URL) as reg:
-        reg.finish_run(run_id, 'ok')
-        run = reg.run(run_id)
+    with open_registry(postgres_url) as reg:
+        assert isinstance(reg.backend, SqlAlchemyBackend) and reg.backend.engine.dialect.name == 'postgresql'
+        run = reg.run('shared')
         assert sorted(s['stage'] for s in run['stages']) == sorted(f'{n}-{i}' for n in 'ab' for i in range(50))
-        assert {s['status'] for s in run['stages']} == {'ok'} and run['status'] == 'ok'
-        assert reg.last_ok('neuronb-test', 'a-7')['run_id'] == run_id
+        assert {s['status'] for s in run['stages']} == {'ok'}
+        assert sorted(s['seq'] for s in run['stages']) == list(range(1, 101))  # no two rows took the same place
+        assert (run['ran'], run['reused'], run['failed']) == (100, 0, 0)
+        assert [s['metrics'] for s in run['stages'] if s['stage'] == 'b-7'] == [{'i': 7}]
+        with reg.backend.transaction() as tx:
+            assert tx.rows('SELECT version FROM neuronb_schema') == [{'version': 1}]  # created once
+
+
+def _comparable(run:dict) -> dict:
+    "A run record without what depends on when it was recorded."
+    clock = ('started', 'finished', 'duration', 'recorded')
+    return {**{k: v for k, v in run.items() if k not in clock}, 'stages': [{k: v for k, v in s.items() if k not in clock or k == 'duration'}
+                                                                         for s in run['stages']]}
+
+
+def test_postgres_registry_reads_back_what_sqlite_does(postgres_url, tmp_path):
+    "The same runs recorded in SQLite and in PostgreSQL read back alike: values, types, order, lookups, formatting."
+    with example_registry(tmp_path/'r.db') as lite, example_registry(postgres_url) as pg:
+        for run_id in ('20260105-093000-a1b2', '20260105-0945', 'latest'):
+            assert _comparable(pg.run(run_id)) == _comparable(lite.run(run_id))
+        assert [_comparable({**r, 'stages': []}) for r in pg.runs('digits')] == [_comparable({**r, 'stages': []}) for r in lite.runs('digits')]
+        assert pg.last_ok('digits', 'train')['run_id'] == '20260105-093000-a1b2'
+        assert [h['status'] for h in pg.stage_history('digits', 'train')] == ['error', 'ok']  # newest first: same started, later recorded
+        assert 'loss is nan' in format_lineage(pg.run('20260105-0945')) and len(format_runs(pg.runs('digits')).splitlines()) == 4
+        with pytest.raises(ConfigError, match="no run 'zzz' in the registry postgresql"): pg.run('zzz')
+        with pytest.raises(ConfigError, match="run id 20260105-093000-a1b2 already belongs to project 'digits'"):
+            pg.start_run('other', '20260105-093000-a1b2', 'runs/x')
+
+
+def test_postgres_newer_schema_is_refused(postgres_url):
+    with open_registry(postgres_url) as reg:
+        with reg.backend.transaction(write=True) as tx: tx.exec('UPDATE neuronb_schema SET version = 99')
+    with pytest.raises(ConfigError, match=r'has schema version 99, newer than this neuronb knows \(1\); upgrade neuronb'):
+        open_registry(postgres_url)
+
+
+def test_postgres_server_not_running_says_so(tmp_path):
+    "A URL whose server is not there: one message naming the registry (password masked) and what to check, at once."
+    pytest.importorskip('psycopg')
+    t0 = time.time()
+    with pytest.raises(ConfigError) as e: open_registry(f'postgresql+psycopg://u:secret@/db?host={tmp_path}')
+    msg = str(e.value)
+    assert 'cannot reach the registry postgresql+psycopg://u:***@/db' in msg and 'check the database is running' in msg, msg
+    assert 'secret' not in msg and time.time() - t0 < 10

@@ -124,6 +124,61 @@ def test_bad_storage_and_workers(tmp_path):
         run_local_sweep(cfg, lambda p, r: 0.0, workers=2, storage=f"sqlite:///{tmp_path}/c.db")
 
 
+
+# --- one study shared through a real PostgreSQL server (the `postgres_url` fixture starts one of the tests' own)
+
+SWEEPER = """
+import os, sys, time
+from pathlib import Path
+from neuronb.sweep import run_local_sweep
+url, tmp, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+def toy(params, report): return (params['x'] - 2) ** 2
+(tmp/f'ready-{os.getpid()}').touch()
+while not (tmp/'go').exists(): time.sleep(0.001)   # both create the study and claim trials at the same moment
+cfg = {'method': 'random', 'metric': {'name': 'loss', 'goal': 'minimize'}, 'parameters': {'x': {'min': 0.0, 'max': 4.0}}}
+run_local_sweep(cfg, toy, n_trials=n, storage=url, study_name='shared', seed=os.getpid())
+"""
+
+def test_postgres_study_shared_by_two_processes(postgres_url, tmp_path):
+    "Two processes (as on two machines) create one study at once in PostgreSQL and add their trials: all of them, numbered once."
+    import optuna, subprocess
+    procs = [subprocess.Popen([sys.executable, '-c', SWEEPER, postgres_url, str(tmp_path), '15'], stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    deadline = time.time() + 60
+    while len(list(tmp_path.glob('ready-*'))) < 2:
+        assert time.time() < deadline and all(p.poll() is None for p in procs), 'sweep processes did not start'
+        time.sleep(0.01)
+    (tmp_path/'go').touch()
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    study = optuna.load_study(study_name='shared', storage=postgres_url)
+    assert len(optuna.get_all_study_names(postgres_url)) == 1   # one study, not one per process
+    assert sorted(t.number for t in study.trials) == list(range(30)) and {t.state.name for t in study.trials} == {'COMPLETE'}
+    assert {t.user_attrs['worker_pid'] for t in study.trials} == {p.pid for p in procs}
+    assert results_table(study).shape[0] == 30 and study.best_value == min(t.value for t in study.trials)
+
+def test_postgres_study_with_spawned_workers_and_pruning(postgres_url):
+    "This process and a spawned worker share a hyperband study in PostgreSQL: every trial asked for, each step's value kept."
+    cfg = {'method': 'random', 'metric': METRIC, 'parameters': {'x': {'min': 0.0, 'max': 4.0}},
+           'early_terminate': {'type': 'hyperband', 'min_iter': 1, 'max_iter': 3, 'eta': 3}}
+    study = run_local_sweep(cfg, toy, n_trials=6, workers=2, storage=postgres_url, study_name='spawned', seed=0)
+    # the spawned worker loads the study from PostgreSQL before it looks for a trial to claim: a failure there fails the sweep
+    assert len(study.trials) == 6 and {t.state.name for t in study.trials} <= {'COMPLETE', 'PRUNED'}
+    assert all(len(t.intermediate_values) == (3 if t.state.name == 'COMPLETE' else t.last_step + 1) for t in study.trials)
+    again = run_local_sweep(cfg, toy, n_trials=2, storage=postgres_url, study_name='spawned')   # load_if_exists: it grows
+    assert len(again.trials) == 8
+
+def test_postgres_storage_not_running_says_so(tmp_path):
+    "A sweep storage URL whose server is not there: one line naming it (password masked) and what to pass."
+    pytest.importorskip('psycopg')
+    cfg = {'method': 'grid', 'metric': METRIC, 'parameters': {'x': {'values': [1]}}}
+    with pytest.raises(ConfigError) as e: run_local_sweep(cfg, toy, storage=f'postgresql+psycopg://u:secret@/db?host={tmp_path}')
+    msg = str(e.value)
+    assert msg.startswith("cannot open sweep storage 'postgresql+psycopg://u:***@/db") and 'secret' not in msg, msg
+    assert 'Is the server running' not in msg and '\n' not in msg, msg   # the driver's first line only
+
+
 # --- choosing the engine: no network here, so every case must pick the local engine, and fast
 
 def closed_port():

@@ -168,6 +168,8 @@ def _sa_message(e) -> str:
     "The first line of a SQLAlchemy error, without its `(module.Class)` prefix."
     return re.sub(r'^\([\w.]+\)\s*', '', (str(e).strip().splitlines() or [''])[0])
 
+_WRITE_LOCKS = {'postgresql': 'SELECT pg_advisory_xact_lock(31073802543656546)'}  # the key is b'neuronb'; per database
+
 class _SaTx:
     "One transaction on a SQLAlchemy connection."
     def __init__(self, conn, text): self.conn, self.text = conn, text
@@ -185,6 +187,7 @@ class SqlAlchemyBackend:
             u = _sa_url(sa, url, project_root)
             kw = {'connect_args': {'timeout': SqliteBackend.busy_timeout}} if u.get_backend_name() == 'sqlite' else {}
             self.engine = sa.create_engine(u, pool_pre_ping=True, **kw)
+            self.write_lock = _WRITE_LOCKS.get(u.get_backend_name())
         except sa.exc.NoSuchModuleError:
             raise ConfigError(f"the registry URL {self.where} names a database SQLAlchemy does not know ({_scheme(url)!r}); "
                               f"use a SQLite path or a URL such as postgresql://USER@HOST/DB") from None
@@ -198,9 +201,11 @@ class SqlAlchemyBackend:
 
     @contextmanager
     def transaction(self, write=False):
-        "A transaction, committed when the block ends without an error."
+        "A transaction, committed when the block ends without an error; a writer waits for the one before it."
         try:
-            with self.engine.begin() as conn: yield _SaTx(conn, self.text)
+            with self.engine.begin() as conn:
+                if write and self.write_lock: conn.execute(self.text(self.write_lock))
+                yield _SaTx(conn, self.text)
         except self.errors as e:
             raise ConfigError(f"the registry {self.where} failed ({_sa_message(e)}); check the database is reachable "
                               f"and the URL, user and password are right") from None

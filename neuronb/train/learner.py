@@ -102,12 +102,11 @@ class TensorLoader:
 
 # %% ../../nbs/41_train.learner.ipynb #9bfb9ee3
 def _wandb_callback(project:str, dir, cfg:dict, hypers:dict):
-    "Start an offline-by-default wandb run and return fastai's callback for it."
-    os.environ.setdefault('WANDB_MODE', 'offline')   # before wandb is imported: never go online by surprise
-    import wandb
-    from fastai.callback.wandb import WandbCallback
+    "Start an offline-by-default wandb run (offline too when its server does not answer) and return fastai's callback for it."
+    from neuronb.tracking import init_run   # before wandb is imported: it keeps WANDB_MODE offline unless set
     if dir is not None: os.makedirs(dir, exist_ok=True)
-    wandb.init(project=project, dir=None if dir is None else str(dir), config={**cfg, **hypers}, reinit='finish_previous')
+    init_run(project=project, dir=None if dir is None else str(dir), config={**cfg, **hypers}, reinit='finish_previous')
+    from fastai.callback.wandb import WandbCallback
     return WandbCallback(log_preds=False, log_model=False)
 
 def _fastai_learner(dls, model, wd, cbs, progress, cfg=None):
