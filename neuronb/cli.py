@@ -9,8 +9,8 @@ from pathlib import Path
 from .core import NeuronbError
 
 # %% auto #0
-__all__ = ['cmd_label', 'cmd_train', 'cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs', 'cmd_show', 'cmd_sync',
-           'cmd_sweep', 'cmd_data', 'main']
+__all__ = ['cmd_models', 'cmd_label', 'cmd_train', 'cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs', 'cmd_show',
+           'cmd_sync', 'cmd_sweep', 'cmd_data', 'main']
 
 # %% ../nbs/90_cli.ipynb #4020ef14
 _EPILOG = """examples:
@@ -104,11 +104,76 @@ def _parser() -> argparse.ArgumentParser:
     _data_parser(sub)
     _label_parser(sub)
     _train_parser(sub)
+    _models_parser(sub)
     return p
 
 def _version():
     from neuronb import __version__
     return __version__
+
+# %% ../nbs/90_cli.ipynb #18e59bed
+def _models_parser(sub):
+    m = sub.add_parser('models', help='the model registry: versions, aliases (champion), the gate\'s decisions, lineage',
+                       description='Trained models as versions with their lineage; aliases such as champion decide what is served.')
+    m.add_argument('--dir', default='.', help='the project folder (default: current folder)')
+    msub = m.add_subparsers(dest='models_command', metavar='MODELS_COMMAND')
+    def at(parser):
+        parser.add_argument('--dir', default=argparse.SUPPRESS, help='the project folder (default: current folder)')
+        parser.add_argument('--json', action='store_true', help='print JSON for scripts and CI instead of lines'); return parser
+    at(msub.add_parser('list', help='every version, oldest first, with its metrics and aliases'))
+    at(msub.add_parser('show', help="one version's lineage, config, aliases and history")).add_argument('version', metavar='VERSION', help='a version, @alias or latest')
+    p = at(msub.add_parser('promote', help='point an alias (default: champion) at a version, by hand'))
+    p.add_argument('version', metavar='VERSION'); p.add_argument('--alias', default='champion')
+    p.add_argument('--why', default='promoted by hand', help='the reason, kept in the registry')
+    r = at(msub.add_parser('rollback', help='point an alias (default: champion) back where it was before its last move'))
+    r.add_argument('--alias', default='champion'); r.add_argument('--why', default='rolled back by hand')
+    d = at(msub.add_parser('diff', help='what differs between two versions: config, metrics, parameters, data'))
+    d.add_argument('a', metavar='A'); d.add_argument('b', metavar='B')
+    return m
+
+def _print_models(rows):
+    if not rows: return print("No model is registered yet; `neuronb run` trains and registers one")
+    print(f"{'version':<13} {'registered':<20} {'test_accuracy':>13}  {'data':<13} aliases")
+    for r in rows:
+        acc = r['metrics'].get('test_accuracy')
+        print(f"{r['version']:<13} {r['registered'][:19]:<20} {'' if acc is None else f'{acc:.4f}':>13}  "
+              f"{(r['data_version'] or '')[:12]:<13} {', '.join(r['aliases'])}")
+
+def _print_event(e):
+    what = {'register': lambda: f"registered {e['version']} ({_fmt_metrics(e.get('metrics'))})",
+            'decision': lambda: f"gate {'passed' if e['passed'] else 'refused'} {e['version']}: {e['reason']}",
+            'alias': lambda: f"{e['alias']} -> {e['version']}" + (f" (was {e['previous']})" if e.get('previous') else '') + f": {e['why']}"}
+    print(f"{e['time'][:19]}  {e['who']:<10} {what[e['kind']]()}" + (f"  [run {e['run_id']}]" if e.get('run_id') else ''))
+
+def _fmt_metrics(m) -> str: return ', '.join(f"{k} {v:.4g}" for k, v in (m or {}).items()) or 'no metrics'
+
+def cmd_models(args):
+    from neuronb.pipeline.project import load_project
+    import neuronb.train.registry as reg
+    if not args.models_command: raise NeuronbError("say what to do: neuronb models {list,show,promote,rollback,diff} (see --help)")
+    store, cmd = load_project(args.dir).store(), args.models_command
+    if cmd == 'list':
+        rows = reg.model_table(store)
+        return _print_json(rows) if args.json else _print_models(rows)
+    if cmd == 'show':
+        s = reg.model_story(store, args.version)
+        if args.json: return _print_json(s)
+        lin = s['lineage']
+        print(f"model {s['version']}" + (f"  ({', '.join(s['aliases'])})" if s['aliases'] else ''))
+        print(f"  trained in run {lin.get('run_id') or '(not recorded)'} on data {lin.get('data_version') or '?'}; {_fmt_metrics(lin.get('metrics'))}")
+        print(f"  {s['config'].get('arch')} at {s['config'].get('size')} px, {len(s['config'].get('classes', []))} classes")
+        if lin.get('parameters'): print(f"  parameters: {', '.join(f'{k}={v}' for k, v in lin['parameters'].items())}")
+        for e in s['events']: _print_event(e)
+        return 0
+    if cmd == 'diff':
+        d = reg.diff_models(store, args.a, args.b)
+        if args.json: return _print_json(d)
+        for k, (x, y) in d['changed'].items(): print(f"{k:<28} {x!s:>14} -> {y!s}")
+        print(f"{d['a']} -> {d['b']}: {len(d['changed'])} field(s) differ")
+        return 0
+    e = reg.move_alias(store, args.alias, args.version, args.why) if cmd == 'promote' else reg.rollback(store, args.alias, args.why)
+    if args.json: return _print_json(e)
+    _print_event(e)
 
 # %% ../nbs/90_cli.ipynb #e970842f
 def _data_parser(sub):
@@ -286,7 +351,18 @@ def cmd_run(args):
     print(f"Run index: {os.path.relpath(run.folder/'index.html')}")
     if 'demo' in [s.name for s in project.stages]:
         print(f"Open the demo: neuronb demo {shlex.quote(os.path.relpath(project.root))}")
+    _print_champion(project)
     return 0
+
+def _print_champion(project):
+    "The champion after a run, in one line, if the project has one."
+    from neuronb.train.registry import aliases, lineage
+    store = project.store()
+    if not store.exists('models/events'): return
+    champ = aliases(store).get('champion')
+    if not champ: return print("No champion yet: no model has passed the promotion gate (`neuronb models list` says why)")
+    print(f"Champion: {champ} ({_fmt_metrics(lineage(store, champ).get('metrics'))}); "
+          f"`neuronb models --dir {shlex.quote(os.path.relpath(project.root))} list` shows every version and the gate's decisions")
 
 def cmd_demo(args):
     from neuronb.demo import serve_demo
@@ -433,7 +509,7 @@ def cmd_data(args):
 
 # %% ../nbs/90_cli.ipynb #39000cbd
 _COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show,
-             'data': cmd_data, 'sync': cmd_sync, 'sweep': cmd_sweep, 'label': cmd_label, 'train': cmd_train}
+             'data': cmd_data, 'sync': cmd_sync, 'sweep': cmd_sweep, 'label': cmd_label, 'train': cmd_train, 'models': cmd_models}
 
 def _os_error(e:OSError) -> str:
     "One line for an operating-system error: what failed, on which path, and what to check."

@@ -47,7 +47,25 @@ def test_pipeline_runs_every_stage(example):
     assert metrics['demo']['sample_accuracy'] >= 0.5
     latest = json.loads((root/'data/models/latest.json').read_text())
     assert latest['version'] == metrics['train']['model_version']
+    assert metrics['train']['promoted'] is True   # the first model past the gate's min becomes champion
+    assert f"Champion: {latest['version']} (test_accuracy" in run.stdout
     assert not list(root.rglob('*.pkl')) and not list(root.rglob('*.pth'))  # weights + JSON, never a pickle
+
+
+def test_a_bad_training_run_never_becomes_champion(example):
+    "One epoch at a tiny learning rate: registered, refused by the gate, the champion and the demo unchanged."
+    root, _ = example
+    before = json.loads((root/'data/models/champion.json').read_text())['version']
+    bad = neuronb('run', root, *TINY[:-4], '-p', 'train.epochs=1', '-p', 'train.lr=1e-6')
+    assert bad.returncode == 0, bad.stdout + bad.stderr
+    assert f'{"demo":<10} up to date' in bad.stdout and f"Champion: {before}" in bad.stdout
+    models = json.loads(neuronb('models', '--dir', root, 'list', '--json').stdout)
+    refused = models[-1]
+    assert refused['aliases'] == ['challenger'] and 'champion' not in refused['aliases']
+    assert "below the gate's min" in refused['decision'] or 'does not beat the champion' in refused['decision'], refused
+    shown = neuronb('models', '--dir', root, 'show', refused['version'])
+    assert shown.returncode == 0 and 'gate refused' in shown.stdout, shown.stdout
+    assert json.loads((root/'data/models/champion.json').read_text())['version'] == before
 
 
 def test_full_example_reaches_95_percent(tmp_path):
@@ -90,8 +108,11 @@ def test_second_run_reuses_everything_and_a_train_parameter_reruns_only_train_an
     assert changed.returncode == 0, changed.stdout + changed.stderr
     for stage in ('ingest', 'label', 'prepare', 'analyze'):
         assert f'{stage:<10} up to date' in changed.stdout
-    for stage in ('train', 'demo'):
-        assert f'{stage:<10} ok in' in changed.stdout
+    assert f'{"train":<10} ok in' in changed.stdout
+    models = json.loads(neuronb('models', '--dir', root, 'list', '--json').stdout)
+    assert len(models) == 2 and 'champion' in models[0]['aliases'] + models[1]['aliases']
+    promoted = 'champion' in models[1]['aliases']   # the gate decides; the demo follows the champion only
+    assert f'{"demo":<10} {"ok in" if promoted else "up to date"}' in changed.stdout, (promoted, changed.stdout)
     runs = neuronb('runs', root)
     assert runs.returncode == 0 and runs.stdout.count('ok') >= 2
     show = neuronb('show', '--dir', root)

@@ -107,7 +107,10 @@ stages:
       wandb_project: neuronb-{name}
   demo:
     notebook: stages/06_demo.ipynb
-    inputs: [store:models/latest.json, store:datasets/{dataset}]
+    inputs: [store:models/champion.json, store:datasets/{dataset}]   # the champion: reruns when the gate promotes a model
+# The promotion gate: a trained model becomes champion (what the demo serves) only if its test accuracy is
+# at least `min` (none by default) and beats the current champion's by `by`; `neuronb models list` shows why.
+promote: {{metric: test_accuracy, min: null, beat: champion, by: 0.0}}
 # `neuronb label serve --annotators alice,bob` serves the labeling app to labelers, one private link each.
 labeling:
   notebook: labeling/label.ipynb

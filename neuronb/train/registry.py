@@ -10,7 +10,7 @@ from ..core import ModelError, atomic_write, run_context, utc_now
 
 # %% auto #0
 __all__ = ['MODEL_FILES', 'EVENTS', 'publish_model', 'resolve_version', 'fetch_model', 'model_events', 'aliases', 'alias_version',
-           'move_alias', 'register_model', 'lineage', 'gate', 'rollback']
+           'move_alias', 'register_model', 'lineage', 'gate', 'rollback', 'model_table', 'model_story', 'diff_models']
 
 # %% ../../nbs/45_train.registry.ipynb #38aeb23b
 MODEL_FILES = ('model.safetensors', 'config.json', 'manifest.json')  # the manifest last: it vouches for the others
@@ -183,3 +183,41 @@ def rollback(store, alias='champion', why='rolled back by hand') -> dict:
     if not moves or not moves[-1].get('previous'):
         raise ModelError(f"{alias} has no earlier version to go back to; `neuronb models list` shows the versions")
     return move_alias(store, alias, moves[-1]['previous'], why)
+
+# %% ../../nbs/45_train.registry.ipynb #a6c073c9
+def model_table(store) -> list:
+    "One row per registered version, oldest first: version, when, metrics, data version, run, aliases."
+    held, rows = aliases(store), {}
+    for e in model_events(store):
+        if e.get('kind') == 'register' and e['version'] not in rows:
+            rows[e['version']] = {'version': e['version'], 'registered': e['time'], 'run_id': e.get('run_id'),
+                                  'metrics': e.get('metrics', {}), 'aliases': [], 'decision': None}
+        if e.get('kind') == 'decision' and e['version'] in rows: rows[e['version']]['decision'] = e['reason']
+    for a, v in held.items():
+        if v in rows: rows[v]['aliases'].append(a)
+    for v, row in rows.items(): row['data_version'] = lineage(store, v).get('data_version')
+    return list(rows.values())
+
+def model_story(store, version) -> dict:
+    "Everything the registry knows of `version`: its lineage, config, aliases and every event about it."
+    from neuronb.train.model import load_model
+    v = resolve_version(store, version)
+    _, cfg = load_model(fetch_model(store, v))
+    return {'version': v, 'aliases': sorted(a for a, x in aliases(store).items() if x == v), 'lineage': lineage(store, v),
+            'config': {k: cfg[k] for k in ('arch', 'width', 'size', 'in_channels', 'classes', 'data_version') if k in cfg},
+            'events': [e for e in model_events(store) if e.get('version') == v or e.get('previous') == v]}
+
+def _flat(d, prefix='') -> dict:
+    out = {}
+    for k, x in (d or {}).items():
+        if isinstance(x, dict): out.update(_flat(x, f"{prefix}{k}."))
+        else: out[f"{prefix}{k}"] = x
+    return out
+
+def diff_models(store, a, b) -> dict:
+    "`{field: (value in a, value in b)}` for every lineage and config field that differs between versions `a` and `b`."
+    sa, sb = model_story(store, a), model_story(store, b)
+    fa, fb = (_flat({'config': s['config'], 'metrics': s['lineage'].get('metrics'), 'parameters': s['lineage'].get('parameters'),
+                     'data_version': s['lineage'].get('data_version'), 'run_id': s['lineage'].get('run_id')}) for s in (sa, sb))
+    return {'a': sa['version'], 'b': sb['version'],
+            'changed': {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}}
