@@ -100,7 +100,8 @@ def test_analysis_notebook_has_plots(example):
 def test_second_run_reuses_everything_and_a_train_parameter_reruns_only_train_and_demo(example):
     root, _ = example
     again = neuronb('run', root, *TINY)
-    assert again.returncode == 0 and 'Everything is up to date' in again.stdout
+    assert again.returncode == 0 and 'Everything is up to date' in again.stdout, \
+        [line for line in again.stdout.splitlines() if 'up to date' not in line]   # what ran, and why
     status = neuronb('status', root, )
     assert status.returncode == 0
     assert 'train' in status.stdout and 'stale' in status.stdout  # the pipeline file says epochs 10, the run used 5
