@@ -23,3 +23,18 @@ def aws_env(monkeypatch, tmp_path):
     monkeypatch.setenv('AWS_DEFAULT_REGION', 'us-east-1'); monkeypatch.setenv('AWS_EC2_METADATA_DISABLED', 'true')
     monkeypatch.setenv('AWS_CONFIG_FILE', str(tmp_path/'none')); monkeypatch.setenv('AWS_SHARED_CREDENTIALS_FILE', str(tmp_path/'none'))
     return monkeypatch
+
+
+def stop_server(proc, sig=None, timeout=60):
+    "Signal a server we started (SIGTERM by default) and wait until it and every process it started are gone; the ones left."
+    import signal, psutil
+    try: family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess: family = []
+    if proc.poll() is None: proc.send_signal(sig or signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    left = []
+    for p in alive:   # never leave them to the next test: name them, then end them
+        try: left.append(' '.join(p.cmdline()[:4])); p.kill()
+        except psutil.NoSuchProcess: pass
+    proc.wait(10)
+    return left
