@@ -6,7 +6,7 @@
 from __future__ import annotations
 import html, io, ipaddress, os, secrets, signal, socket, subprocess, sys, tempfile, time
 from pathlib import Path
-from .core import ConfigError, DataError, NeuronbError
+from .core import ConfigError, DataError, NeuronbError, ParameterError
 from .voila import UPLOAD_LIMIT, UPLOAD_LIMIT_ENV, megabytes
 
 # %% auto #0
@@ -163,6 +163,16 @@ def demo_link(port, ip='127.0.0.1', token=None) -> str:
     return f"http://{host}:{port}/" + (f"?token={token}" if token else '')
 
 # %% ../nbs/70_demo.ipynb #fad38135
+def _check_serving(max_kernels, cull_idle, upload_limit):
+    "Refuse serving settings that cannot work, each with what to pass instead."
+    def whole(v): return isinstance(v, int) and not isinstance(v, bool)
+    if not whole(max_kernels) or max_kernels < 1:
+        raise ParameterError(f"max_kernels must be a whole number of at least 1 (visitors served at once), got {max_kernels!r}; pass e.g. --max-kernels 8")
+    if not whole(cull_idle) or cull_idle < 0:
+        raise ParameterError(f"cull_idle must be a whole number of seconds (0: never shut idle kernels down), got {cull_idle!r}; pass e.g. --cull-idle 900")
+    if not whole(upload_limit) or upload_limit < 1:
+        raise ParameterError(f"upload_limit must be a positive number of bytes, got {upload_limit!r}")
+
 def _check_demo_ready(project) -> str:
     "The version of the project's latest model, after loading it as the demo notebook will: a bad bundle is refused here."
     store = project.store()
@@ -184,6 +194,7 @@ def serve_demo(project=None,     # a `Project` or a path inside one (default: th
     "Serve the project's demo notebook with Voila until Ctrl-C or SIGTERM, leaving no process behind; prints the link."
     from neuronb.pipeline.project import Project, load_project
     from neuronb import voila
+    _check_serving(max_kernels, cull_idle, upload_limit)
     project = project if isinstance(project, Project) else load_project(project)
     version = _check_demo_ready(project)
     if not _is_loopback(ip): token = token or secrets.token_urlsafe(16)

@@ -196,3 +196,10 @@ def test_the_page_stays_on_the_machine_takes_big_uploads_and_refuses_bigger_ones
             browser.close()
     finally:
         assert demo.stop() == []
+
+
+def test_settings_that_cannot_work_are_refused(tmp_path):
+    out = neuronb('demo', tmp_path, '--max-kernels', '0', timeout=120)
+    assert out.returncode == 1 and 'max_kernels must be a whole number of at least 1' in out.stderr and 'Traceback' not in out.stderr
+    out = neuronb('demo', tmp_path, '--cull-idle', '-5', timeout=120)
+    assert out.returncode == 1 and 'cull_idle must be a whole number of seconds' in out.stderr
