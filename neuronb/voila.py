@@ -145,16 +145,21 @@ def start_voila(notebook, config_dir, env, log=None) -> subprocess.Popen:
         if out: out.close()
 
 # %% ../nbs/71_voila.ipynb #b7f438b4
+def _accepts(host, port) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1): return True
+    except OSError: return False
+
 def wait_listening(port, proc, log=None, timeout=120, ip='127.0.0.1'):
     "Wait until Voila accepts connections on `ip:port`; a ConfigError (with its log's end) if it stops first."
-    host, end = ('127.0.0.1' if ip in ('0.0.0.0', '::', '') else ip), time.monotonic() + timeout
+    host = {'0.0.0.0': '127.0.0.1', '': '127.0.0.1', '::': '::1'}.get(ip, ip)   # a wildcard is reached on loopback
+    end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            tail = '\n'.join(Path(log).read_text(errors='replace').splitlines()[-15:]) if log else '(its output is above)'
-            raise ConfigError(f"Voila stopped before serving the notebook (exit {proc.returncode}); "
-                              f"{'its log ' + str(log) + ' ends:' if log else ''}\n{tail}")
-        with socket.socket() as s:
-            if s.connect_ex((host, port)) == 0: return
+            where = (f"its log {log} ends:\n" + '\n'.join(Path(log).read_text(errors='replace').splitlines()[-15:])) if log \
+                    else "its output is above"
+            raise ConfigError(f"Voila stopped before serving the notebook (exit {proc.returncode}); {where}")
+        if _accepts(host, port): return
         time.sleep(0.1)
     raise ConfigError(f"Voila did not start serving within {timeout} s" + (f"; see its log {log}" if log else ''))
 
