@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--port', type=int, default=8866, help='port to listen on (default: 8866)')
     s.add_argument('--ip', default='127.0.0.1', help='interface to bind (default: 127.0.0.1; others require a token)')
     s.add_argument('--token', help='access token required in the link (generated when --ip is not loopback)')
+    s.add_argument('--max-kernels', type=int, default=8, metavar='N', help='most visitors at once, each with a kernel holding the model (default: 8)')
+    s.add_argument('--cull-idle', type=int, default=900, metavar='SECONDS', help="shut an idle visitor's kernel down after this long (default: 900)")
     s = sub.add_parser('status', help='show which stages are up to date, which are stale and why',
                        description='Show each stage: fresh, stale (and why), failed or never run. Runs nothing.')
     s.add_argument('dir', metavar='DIR', nargs='?', default='.', help='the project folder (default: current folder)')
@@ -366,7 +368,7 @@ def _print_champion(project):
 
 def cmd_demo(args):
     from neuronb.demo import serve_demo
-    return serve_demo(args.dir, port=args.port, ip=args.ip, token=args.token)
+    return serve_demo(args.dir, port=args.port, ip=args.ip, token=args.token, max_kernels=args.max_kernels, cull_idle=args.cull_idle)
 
 # %% ../nbs/90_cli.ipynb #9cb2addf
 def _print_json(obj):

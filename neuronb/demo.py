@@ -4,12 +4,13 @@
 
 # %% ../nbs/70_demo.ipynb #ed8a3437
 from __future__ import annotations
-import html, io, ipaddress, os, secrets, socket, subprocess, sys, time
+import html, io, ipaddress, os, secrets, signal, socket, subprocess, sys, tempfile, time
 from pathlib import Path
-from .core import ConfigError, DataError, NeuronbError
+from .core import ConfigError, DataError, NeuronbError, ParameterError
+from .voila import UPLOAD_LIMIT, UPLOAD_LIMIT_ENV, megabytes
 
 # %% auto #0
-__all__ = ['test_samples', 'DemoApp', 'demo_app', 'voila_command', 'demo_link', 'serve_demo']
+__all__ = ['UNREADABLE', 'test_samples', 'DemoApp', 'too_big', 'demo_app', 'voila_command', 'demo_link', 'serve_demo']
 
 # %% ../nbs/70_demo.ipynb #857ea070
 def test_samples(store, n=20, dataset='digits') -> list:
@@ -42,7 +43,7 @@ def _verdict(label, p) -> str:
 # %% ../nbs/70_demo.ipynb #cd7aba50
 class DemoApp:
     "The demo's widgets and the model behind them."
-    def __init__(self, model_dir, samples=()):
+    def __init__(self, model_dir, samples=(), upload_limit=None):
         import ipywidgets as w
         from neuronb.train.model import load_model, model_version
         self.model, self.cfg = load_model(model_dir)
@@ -51,23 +52,39 @@ class DemoApp:
         self.header = w.HTML(f"<b>Model</b> {model_version(self.cfg)} · <b>test accuracy</b> "
                              f"{'n/a' if acc is None else f'{acc*100:.1f}%'} · <b>data</b> {self.cfg.get('data_version', 'n/a')}")
         self.upload = w.FileUpload(accept='image/*', multiple=False, description='Upload an image')
+        self.limit = upload_limit or int(os.environ.get(UPLOAD_LIMIT_ENV) or UPLOAD_LIMIT)  # as the server set it
+        self.limit_note = w.HTML(f'<span data-nb-upload-limit="{self.limit}" data-nb-upload-limit-text="{megabytes(self.limit)}">'
+                                 f'a picture of up to {megabytes(self.limit)}</span>')
         self.picker = w.Dropdown(options=[('pick a test image…', -1)] + [(f'test image {i+1} (labelled {l})', i) for i, (_, l) in enumerate(self.samples)])
         self.image = w.Image(format='png', width=140, height=140)
         self.result = w.HTML('<i>Upload an image or pick a test image.</i>')
         self.probs = w.HTML()
         for wid, cls in [(self.upload, 'nb-upload'), (self.picker, 'nb-sample'), (self.result, 'nb-prediction'),
-                         (self.probs, 'nb-probs'), (self.image, 'nb-image'), (self.header, 'nb-model')]: wid.add_class(cls)
+                         (self.probs, 'nb-probs'), (self.image, 'nb-image'), (self.header, 'nb-model'),
+                         (self.limit_note, 'nb-upload-limit')]: wid.add_class(cls)
         self.upload.observe(self._on_upload, 'value')
         self.picker.observe(self._on_pick, 'value')
-        self.widget = w.VBox([self.header, w.HBox([self.upload, self.picker]),
+        self.widget = w.VBox([self.header, w.HBox([self.upload, self.limit_note, self.picker], layout=w.Layout(gap='12px', align_items='center')),
                               w.HBox([self.image, self.result, self.probs], layout=w.Layout(gap='24px', align_items='center'))])
 
 # %% ../nbs/70_demo.ipynb #4528cb68
+UNREADABLE = ("That file cannot be read as a picture: it is not an image (PNG, JPEG, GIF, BMP, TIFF, WebP), it is damaged, "
+              "or it is too large to decode safely. Upload a PNG or JPEG picture")
+
+def _unreadable_errors() -> tuple:
+    "What decoding an upload may raise: neuronb's refusal, and what Pillow raises for a decompression bomb it meets while opening."
+    from PIL import Image
+    return (DataError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
 def _open_image(data: bytes):
-    "The uploaded bytes decoded as every reader decodes them (to show them); one readable message when they are not an image."
+    "The uploaded bytes decoded as every reader decodes them (to show them); one message, `UNREADABLE`, when they cannot be."
     from neuronb.data.images import decode_image
     try: return decode_image(data, name='that file')
-    except DataError as e: raise DataError(f"{e}. Upload a PNG or JPEG picture") from None
+    except _unreadable_errors(): raise DataError(UNREADABLE) from None
+
+def too_big(n:int, limit:int) -> str:
+    "The page's message for an upload of `n` bytes over `limit`."
+    return f"That file is {megabytes(n)}, over the limit of {megabytes(limit)}; upload a smaller picture"
 
 def _as_png(img) -> bytes:
     "A decoded picture as PNG bytes, which every browser shows (an upload may be TIFF, BMP, …)."
@@ -77,7 +94,7 @@ def _predict(self, data: bytes):
     "`(label, probability, probabilities)` for image bytes."
     from neuronb.train.model import predict_proba, preprocess
     try: x = preprocess(bytes(data), self.cfg)   # the bytes decoded exactly as training decoded its images
-    except DataError as e: raise DataError(f"{e}. Upload a PNG or JPEG picture") from None
+    except _unreadable_errors(): raise DataError(UNREADABLE) from None
     probs = predict_proba(self.model, self.cfg, x)[0]
     best = int(probs.argmax())
     if self.cfg.get('multi_label'):   # every class at or above the threshold, the surest first
@@ -93,17 +110,25 @@ def _same_answer(pred:str, label:str, multi:bool) -> bool:
     from neuronb.data.prepare import label_lists
     return set(pred.split(' + ')) == set(label_lists([label])[0])
 
+def _error(self, text:str):
+    "Show `text` where the prediction goes, and no bars."
+    self.result.value, self.probs.value = f'<span class="nb-error" style="color:#b00">{html.escape(text)}</span>', ''
+DemoApp.error = _error
+
 def _show(self, data: bytes):
+    try: img = _open_image(data)
+    except DataError as e: return self.error(str(e))
     try: label, p, probs = self.predict(data)
-    except DataError as e:
-        self.result.value, self.probs.value = f'<span class="nb-error" style="color:#b00">{html.escape(str(e))}</span>', ''
-        return
-    self.image.value = _as_png(_open_image(data))
+    except DataError as e: return self.error(str(e))
+    self.image.value = _as_png(img)
     self.result.value, self.probs.value = _verdict(label, p), _bars(probs, self.classes)
 DemoApp.show = _show
 
 def _on_upload(self, change):
-    if change['new']: self.show(bytes(change['new'][0]['content']))  # ipywidgets 8: content is a memoryview
+    if not change['new']: return
+    content = change['new'][0]['content']   # ipywidgets 8: a memoryview
+    if len(content) > self.limit: return self.error(too_big(len(content), self.limit))  # the page refuses these before sending
+    self.show(bytes(content))
 def _on_pick(self, change):
     if change['new'] is not None and change['new'] >= 0: self.show(self.samples[change['new']][0])
 DemoApp._on_upload, DemoApp._on_pick = _on_upload, _on_pick
@@ -138,26 +163,58 @@ def demo_link(port, ip='127.0.0.1', token=None) -> str:
     return f"http://{host}:{port}/" + (f"?token={token}" if token else '')
 
 # %% ../nbs/70_demo.ipynb #fad38135
-def _check_demo_ready(project):
+def _check_serving(max_kernels, cull_idle, upload_limit):
+    "Refuse serving settings that cannot work, each with what to pass instead."
+    def whole(v): return isinstance(v, int) and not isinstance(v, bool)
+    if not whole(max_kernels) or max_kernels < 1:
+        raise ParameterError(f"max_kernels must be a whole number of at least 1 (visitors served at once), got {max_kernels!r}; pass e.g. --max-kernels 8")
+    if not whole(cull_idle) or cull_idle < 0:
+        raise ParameterError(f"cull_idle must be a whole number of seconds (0: never shut idle kernels down), got {cull_idle!r}; pass e.g. --cull-idle 900")
+    if not whole(upload_limit) or upload_limit < 1:
+        raise ParameterError(f"upload_limit must be a positive number of bytes, got {upload_limit!r}")
+
+def _check_demo_ready(project) -> str:
+    "The version the demo shows (the champion), after loading it as the demo notebook will: a bad bundle is refused here."
+    import shlex
     store = project.store()
     if not store.exists('models/latest.json'):
-        raise ConfigError(f"no trained model in {project.root} yet; run the pipeline first: `neuronb run {project.root}`")
+        raise ConfigError(f"no trained model in {project.root} yet; run the pipeline first: `neuronb run {shlex.quote(str(project.root))}`")
+    from neuronb.train.model import load_model
+    from neuronb.train.registry import aliases, fetch_model
+    if 'champion' not in aliases(store) and store.exists('models/events'):
+        raise ConfigError(f"no model in {project.root} has passed the promotion gate, so there is no champion to show; "
+                          f"`neuronb models list` says why, `neuronb models promote VERSION` promotes one by hand")
+    return load_model(fetch_model(store, '@champion' if store.exists('models/events') else 'latest'))[1]['version']
 
 def serve_demo(project=None,     # a `Project` or a path inside one (default: the working directory's)
-               port=8866,        # port to listen on
+               port=8866,        # port to listen on (a busy one is an error, never silently another)
                ip='127.0.0.1',   # interface to bind; anything but loopback also requires a token
                token=None,       # access token; generated when binding a non-loopback interface
+               max_kernels=8,    # most visitors served at once (each visit's kernel holds the model)
+               cull_idle=900,    # seconds after which an idle visit's kernel is shut down
+               cull_interval=60, # seconds between checks for idle kernels
+               upload_limit=UPLOAD_LIMIT, # bytes: the largest picture a visitor may upload
                echo=print):
-    "Serve the project's demo notebook with Voila until interrupted; prints the link."
+    "Serve the project's demo notebook with Voila until Ctrl-C or SIGTERM, leaving no process behind; prints the link."
     from neuronb.pipeline.project import Project, load_project
+    from neuronb import voila
+    _check_serving(max_kernels, cull_idle, upload_limit)
     project = project if isinstance(project, Project) else load_project(project)
-    _check_demo_ready(project)
+    version = _check_demo_ready(project)
     if not _is_loopback(ip): token = token or secrets.token_urlsafe(16)
-    notebook = project.root/project.stage('demo').notebook
-    echo(f"Serving the demo of {project.name} ({notebook.relative_to(project.root)}); open {demo_link(port, ip, token)}  (Ctrl-C stops it)", flush=True)
-    env = {**os.environ, 'WANDB_MODE': os.environ.get('WANDB_MODE', 'disabled')}
-    proc = subprocess.Popen(voila_command(notebook, port, ip, token), cwd=notebook.parent, env=env)
-    try: return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate(); proc.wait(10)
-        return 0
+    voila.check_port(ip, port)
+    notebook, marker = project.root/project.stage('demo').notebook, secrets.token_hex(16)
+    config = voila.voila_config(port, ip, token, max_kernels, cull_idle, cull_interval, upload_limit)
+    proc, previous = None, voila.on_sigterm(voila.raise_stopped)
+    try:
+        with tempfile.TemporaryDirectory(prefix='neuronb-demo-') as conf:   # Voila reads it once, at start
+            proc = voila.start_voila(notebook, voila.write_config(conf, config), voila.voila_env(marker, upload_limit))
+            voila.wait_listening(port, proc, ip=ip)
+        echo(f"Serving the demo of {project.name} ({notebook.relative_to(project.root)}, model {version}); "
+             f"open {demo_link(port, ip, token)}  (Ctrl-C stops it)", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt: return 0
+    finally:
+        voila.on_sigterm(signal.SIG_IGN)   # a second SIGTERM must not cut the cleanup short
+        if proc is not None: voila.stop_voila(proc, marker)
+        if previous is not None: voila.on_sigterm(previous)

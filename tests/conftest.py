@@ -76,3 +76,18 @@ def postgres_url(postgres_server):
     with psycopg.connect(host=postgres_server, user='postgres', dbname='postgres', autocommit=True) as con:
         con.execute(f'CREATE DATABASE {name}')
     return f'postgresql+psycopg://postgres@/{name}?host={postgres_server}'
+
+
+def stop_server(proc, sig=None, timeout=60):
+    "Signal a server we started (SIGTERM by default) and wait until it and every process it started are gone; the ones left."
+    import signal, psutil
+    try: family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess: family = []
+    if proc.poll() is None: proc.send_signal(sig or signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    left = []
+    for p in alive:   # never leave them to the next test: name them, then end them
+        try: left.append(' '.join(p.cmdline()[:4])); p.kill()
+        except psutil.NoSuchProcess: pass
+    proc.wait(10)
+    return left

@@ -2,6 +2,7 @@
 import io, json, os, socket, subprocess, sys, time
 from pathlib import Path
 import pytest
+from conftest import stop_server
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'WANDB_MODE': 'disabled'}
@@ -167,9 +168,7 @@ def demo_server(example):
         _wait_port(port, proc)
         yield root, port
     finally:
-        proc.terminate()
-        try: proc.wait(15)
-        except subprocess.TimeoutExpired: proc.kill()
+        assert stop_server(proc) == [], "the demo left processes behind"   # Voila and every kernel gone
 
 
 def _digit_on_paper(root):

@@ -6,13 +6,6 @@ from pathlib import Path
 import pytest
 
 
-def _until(cond, what, deadline=60):
-    "Wait until `cond()` is true, failing after `deadline` seconds."
-    end = time.monotonic() + deadline
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
 ENV = {**os.environ, 'WANDB_MODE': 'disabled'}
 N_ITEMS = 12
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -116,9 +109,12 @@ def test_requests_without_a_valid_token_are_refused(server):
 
 def test_voila_behind_the_gate_wants_its_own_secret(server):
     "Voila listens on loopback only and answers nobody without the gate's secret, whatever header they send."
-    (cmd,) = [c for c in (Path(f'/proc/{p}/cmdline').read_bytes().split(b'\0') for p in _marked(server.job)) if b'voila' in c]
-    assert b'--Voila.ip=127.0.0.1' in cmd and not any(b'token' in a for a in cmd)  # the secret is not on the command line
-    upstream = int(next(a for a in cmd if a.startswith(b'--port=')).split(b'=')[1])
+    import psutil
+    (pid, cmd), = [(p, c) for p, c in ((p, Path(f'/proc/{p}/cmdline').read_bytes().split(b'\0')) for p in _marked(server.job)) if b'voila' in c]
+    assert not any(b'token' in a for a in cmd)                              # the secret is not on the command line
+    (listening,) = [c.laddr for c in psutil.Process(pid).net_connections('inet') if c.status == psutil.CONN_LISTEN]
+    assert listening.ip == '127.0.0.1'
+    upstream = listening.port
     conn = http.client.HTTPConnection('127.0.0.1', upstream, timeout=30)
     conn.request('GET', '/', headers={'X-Neuronb-Annotator': 'alice'})
     r = conn.getresponse()
@@ -213,7 +209,7 @@ def test_kernel_cap_refuses_a_visit_beyond_it_with_a_page_saying_so(project):
     finally:
         code = s.stop(signal.SIGINT)
     assert code == 0
-    _until(lambda: _marked(s.job) == [], 'Voila and every kernel to exit')
+    assert _marked(s.job) == []                                             # Voila and every kernel are gone
 
 
 def test_stopping_the_server_leaves_no_kernels(project):
@@ -225,7 +221,7 @@ def test_stopping_the_server_leaves_no_kernels(project):
     assert s.get('/', token=s.tokens['frank'])[0] == 200                    # which does not stop frank
     assert len(_marked(s.job)) >= 4                                         # Voila and three kernels
     assert s.stop() == 0
-    _until(lambda: _marked(s.job) == [], 'Voila and every kernel to exit')
+    assert _marked(s.job) == []
 
 
 def test_bad_annotators_and_overlap_are_refused(project, tmp_path):
@@ -240,3 +236,28 @@ def test_bad_annotators_and_overlap_are_refused(project, tmp_path):
         busy.bind(('127.0.0.1', 0)); busy.listen()
         with pytest.raises(NeuronbError, match='pick another port with --port'):
             serve_labeling(root, 'alice,bob', port=busy.getsockname()[1])
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL])
+def test_the_real_command_leaves_no_process_behind(project, sig):
+    "`neuronb label serve` itself, SIGTERMed (it cleans up) or killed (nothing runs in it: Voila must notice by itself)."
+    from conftest import stop_server
+    root, _ = project
+    port = _free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent/'neuronb'), 'label', '--dir', str(root), 'serve', '--annotators', 'gina,hal',
+                             '--port', str(port)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, end = [], time.time() + 120
+        while not (m := re.match(r'\s+gina\s+\d+ items\s+http://\S+token=(\S+)', out[-1] if out else '')):
+            line = proc.stdout.readline()
+            assert line and time.time() < end, 'server stopped before printing its links:\n' + ''.join(out)
+            out.append(line)
+        conn = http.client.HTTPConnection('127.0.0.1', port, timeout=120)
+        conn.request('GET', f'/?token={m.group(1)}')
+        assert conn.getresponse().status == 200                             # a kernel is running for gina
+        conn.close()
+        job = root/'.neuronb'/'labeling'/f'job-{port}.json'
+        assert len(_marked(job)) >= 2                                       # Voila and the kernel
+    finally:
+        left = stop_server(proc, sig)
+    assert left == [] and _marked(job) == []

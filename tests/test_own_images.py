@@ -290,9 +290,8 @@ def test_the_demo_shows_the_projects_class_names_in_chromium(folders_project, tm
             assert 'red fox' in page.inner_text('.nb-probs-table')
             browser.close()
     finally:
-        proc.terminate()
-        try: proc.wait(15)
-        except subprocess.TimeoutExpired: proc.kill()
+        from conftest import stop_server
+        assert stop_server(proc) == [], "the demo left processes behind"
 
 
 def make_multilabel(root, n=48, seed=0):

@@ -12,8 +12,7 @@ from ..core import ConfigError, DataError, ParameterError, NeuronbError, atomic_
 # %% auto #0
 __all__ = ['JOB_ENV', 'ANNOTATOR_HEADER', 'ANNOTATOR_ENV', 'labeling_settings', 'check_annotators', 'check_overlap',
            'assign_queues', 'new_token', 'token_hash', 'job_path', 'make_job', 'write_job', 'read_job',
-           'served_annotator', 'labeling_app', 'GateState', 'gate_app', 'voila_config', 'labeling_voila_command',
-           'serve_labeling']
+           'served_annotator', 'labeling_app', 'GateState', 'gate_app', 'voila_config', 'serve_labeling']
 
 # %% ../../nbs/24_label.serve.ipynb #be8daa2c
 def _pipeline_file(project) -> Path: return Path(project.root)/'pipeline.yaml'
@@ -388,17 +387,14 @@ def gate_app(state):
 # %% ../../nbs/24_label.serve.ipynb #a5ebc3c9
 def voila_config(secret, port, max_kernels, max_per_annotator, cull_idle, cull_interval) -> dict:
     "The Voila configuration of a labeling server."
-    return {'Voila': {'token': secret, 'port': port, 'port_retries': 0, 'open_browser': False, 'log_level': 'WARN'},
+    from neuronb.voila import TEMPLATE
+    return {'Voila': {'token': secret, 'ip': '127.0.0.1', 'port': port, 'port_retries': 0, 'open_browser': False, 'log_level': 'WARN'},
             'VoilaConfiguration': {'multi_kernel_manager_class': 'neuronb.label.serve.LabelingKernelManager',
                                    'http_header_envs': [ANNOTATOR_HEADER], 'show_tracebacks': False,
+                                   'template': TEMPLATE, 'theme': 'light',   # nothing fetched off the machine
                                    'allow_template_override': 'NO', 'allow_theme_override': 'NO', 'file_allowlist': []},
             'LabelingKernelManager': {'max_kernels': max_kernels, 'max_per_annotator': max_per_annotator,
                                       'cull_idle_timeout': cull_idle, 'cull_interval': cull_interval, 'cull_connected': True}}
-
-def labeling_voila_command(notebook, port, config_dir) -> list:
-    "The Voila command line serving `notebook` on loopback `port`, configured from `config_dir`."
-    from neuronb.demo import voila_command
-    return voila_command(notebook, port, '127.0.0.1') + [f'--Voila.config_file_paths={config_dir}']
 
 # %% ../../nbs/24_label.serve.ipynb #d1d98c2b
 def _free_port() -> int:
@@ -407,34 +403,18 @@ def _free_port() -> int:
 
 def _wait_listening(port, proc, log, timeout=120):
     "Wait until Voila accepts connections on `port`; a `ConfigError` with its log if it stops first."
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            tail = '\n'.join(Path(log).read_text(errors='replace').splitlines()[-15:])
-            raise ConfigError(f"Voila stopped before serving the labeling notebook (exit {proc.returncode}); its log {log} ends:\n{tail}")
-        with socket.socket() as s:
-            if s.connect_ex(('127.0.0.1', port)) == 0: return
-        time.sleep(0.1)
-    raise ConfigError(f"Voila did not start serving within {timeout} s; see its log {log}")
+    from neuronb.voila import wait_listening
+    wait_listening(port, proc, log, timeout)
 
 def _processes_with_env(key, value) -> list:
     "Ids of this user's processes whose environment has `key=value` (Linux /proc; empty elsewhere)."
-    want, pids = f"{key}={value}".encode(), []
-    for d in Path('/proc').glob('[0-9]*'):
-        try:
-            if want in (d/'environ').read_bytes().split(b'\0'): pids.append(int(d.name))
-        except OSError: continue
-    return [p for p in pids if p != os.getpid()]
+    from neuronb.voila import processes_with_env
+    return processes_with_env(key, value)
 
 def _stop(proc, marker, timeout=20):
-    "Stop Voila (it shuts its kernels down), then any process still carrying the job's marker."
-    if proc.poll() is None:
-        proc.terminate()
-        try: proc.wait(timeout)
-        except subprocess.TimeoutExpired: proc.kill(); proc.wait(5)
-    for pid in _processes_with_env(JOB_ENV, marker):
-        try: os.kill(pid, signal.SIGTERM)
-        except OSError: pass
+    "Stop Voila (it shuts its kernels down), then every process still carrying the job's marker; returns once none is left."
+    from neuronb.voila import stop_voila
+    stop_voila(proc, marker, key=JOB_ENV, timeout=timeout)
 
 # %% ../../nbs/24_label.serve.ipynb #9f0cc46b
 def _links(annotators, tokens, ip, port) -> dict:
@@ -478,14 +458,12 @@ def _start_job(project, settings, annotators, overlap, port, uncertain_first=Tru
 
 def _start_voila(notebook, job_file, config, conf_dir) -> tuple:
     "`(process, log file)`: Voila serving `notebook` with `config`, its output in a log next to the job file."
-    Path(conf_dir, 'voila.json').write_text(json.dumps(config)); os.chmod(Path(conf_dir, 'voila.json'), 0o600)
-    env = {k: v for k, v in os.environ.items() if k != ANNOTATOR_ENV}  # only the gate may say who is labeling
-    env.update({JOB_ENV: str(job_file), 'WANDB_MODE': os.environ.get('WANDB_MODE', 'disabled')})
+    from neuronb.voila import start_voila, voila_env, write_config
+    env = voila_env(str(job_file), extra={JOB_ENV: str(job_file)})
+    env.pop(ANNOTATOR_ENV, None)  # only the gate may say who is labeling
     log = Path(job_file).with_suffix('.voila.log')
-    with open(log, 'wb') as out:
-        proc = subprocess.Popen(labeling_voila_command(notebook, config['Voila']['port'], conf_dir), cwd=Path(notebook).parent,
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, log
+    log.write_bytes(b'')
+    return start_voila(notebook, write_config(conf_dir, config), env, log), log
 
 def _print_links(job, tokens, ip, port, echo):
     from neuronb.demo import _is_loopback

@@ -1,0 +1,205 @@
+"""`neuronb demo` as a server: nothing left running after SIGTERM, a busy port and a bad model bundle refused,
+the page's shutdown request honoured, a capped pool of culled kernels, uploads up to the stated limit, and a page
+that sends no request off the machine (headless Chromium)."""
+import http.client, json, os, re, shutil, signal, socket, subprocess, sys, threading, time
+from pathlib import Path
+import psutil, pytest
+from conftest import stop_server
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, 'WANDB_MODE': 'disabled'}
+TINY = ['-p', 'ingest.limit=300', '-p', 'train.epochs=1', '-p', 'train.bs=32', '-p', 'train.lr=0.01', '-p', 'demo.n_samples=5']  # test accuracy ~0.67: past the example's gate (0.5)
+KID_RE = re.compile(r'"kernelId":\s*"([0-9a-f-]{36})"')
+CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+                 '--disable-component-update', '--disable-sync', '--no-first-run']
+SERVE = ("import sys; from neuronb.demo import serve_demo; "
+         "sys.exit(serve_demo(sys.argv[1], port=int(sys.argv[2]), max_kernels=int(sys.argv[3]), cull_idle=int(sys.argv[4]), cull_interval=1))")
+
+
+def neuronb(*args, timeout=600):
+    return subprocess.run([str(BIN/'neuronb'), *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def until(check, what, timeout=60):
+    "Wait until `check()` is true, failing with `what` after `timeout` seconds."
+    end = time.monotonic() + timeout
+    while not (ok := check()):
+        assert time.monotonic() < end, f'gave up waiting for {what}'
+        time.sleep(0.1)
+    return ok
+
+
+@pytest.fixture(scope='module')
+def project(tmp_path_factory):
+    "A tiny example project with a trained model."
+    root = tmp_path_factory.mktemp('demo')/'digits'
+    assert neuronb('init', root).returncode == 0
+    run = neuronb('run', root, *TINY)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return root
+
+
+class Demo:
+    "A demo server we started: `neuronb demo` itself, or `serve_demo` with test settings."
+    def __init__(self, root, max_kernels=None, cull_idle=900):
+        self.port = _free_port()
+        cmd = ([str(BIN/'neuronb'), 'demo', str(root), '--port', str(self.port)] if max_kernels is None else
+               [sys.executable, '-c', SERVE, str(root), str(self.port), str(max_kernels), str(cull_idle)])
+        self.proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.out = []
+        end = time.monotonic() + 120
+        while not any('Serving the demo' in l for l in self.out):
+            line = self.proc.stdout.readline()
+            assert line and time.monotonic() < end, 'the demo stopped before serving:\n' + ''.join(self.out)
+            self.out.append(line)
+        threading.Thread(target=lambda: self.out.extend(self.proc.stdout), daemon=True).start()   # Voila's log must never fill the pipe
+
+    def get(self, path='/', method='GET', headers=None, body=None):
+        "`(status, headers, body)` of one request."
+        conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=120)
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        out = r.status, r.headers, r.read().decode('utf-8', 'replace')
+        conn.close()
+        return out
+
+    def kernels(self) -> list:
+        "The kernel processes Voila is running now."
+        try: return [p for p in psutil.Process(self.proc.pid).children(recursive=True)
+                     if 'ipykernel_launcher' in ' '.join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE]
+        except psutil.NoSuchProcess: return []
+
+    def stop(self, sig=None) -> list:
+        return stop_server(self.proc, sig)
+
+
+def test_sigterm_stops_voila_and_every_kernel(project):
+    demo = Demo(project)
+    try:
+        for _ in range(2): assert demo.get()[0] == 200   # two visits, two kernels
+        assert len(demo.kernels()) == 2
+    finally:
+        left = demo.stop(signal.SIGTERM)
+    assert left == [] and demo.proc.returncode == 0
+
+
+def test_a_killed_server_takes_voila_and_its_kernels_with_it(project):
+    demo = Demo(project)
+    try: assert demo.get()[0] == 200 and len(demo.kernels()) == 1
+    finally: left = demo.stop(signal.SIGKILL)    # no cleanup runs in a killed process: Voila must notice by itself
+    assert left == []
+
+
+def test_a_busy_port_is_an_error_naming_it(project):
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0)); busy.listen()
+        port = busy.getsockname()[1]
+        out = neuronb('demo', project, '--port', port, timeout=120)
+    assert out.returncode == 1 and 'Traceback' not in out.stderr
+    assert f'port {port} on 127.0.0.1 is not free' in out.stderr and '--port' in out.stderr
+    assert 'Voil' not in out.stdout + out.stderr                            # nothing was started
+
+
+def test_a_damaged_model_bundle_is_refused_with_load_models_message(project, tmp_path):
+    from neuronb.core import ModelError
+    from neuronb.train.model import load_model
+    copy = tmp_path/'digits'
+    shutil.copytree(project, copy)
+    version = json.loads((copy/'data/models/latest.json').read_text())['version']
+    cfg = copy/'data/models'/version/'config.json'
+    cfg.write_text(cfg.read_text().replace('"classes"', '"classes" ', 1))   # one byte more: the manifest no longer vouches for it
+    with pytest.raises(ModelError) as e: load_model(cfg.parent)
+    out = neuronb('demo', copy, '--port', _free_port(), timeout=120)
+    assert out.returncode == 1 and str(e.value) in out.stderr and 'does not match its SHA-256' in out.stderr
+    assert 'Traceback' not in out.stderr and 'Voil' not in out.stdout + out.stderr
+
+
+def test_the_pages_shutdown_request_is_honoured(project):
+    demo = Demo(project)
+    try:
+        status, headers, page = demo.get()
+        assert status == 200 and len(demo.kernels()) == 1
+        xsrf = re.search(r'_xsrf=([^;]+)', ' '.join(headers.get_all('Set-Cookie') or []))
+        assert xsrf, 'the page sets no _xsrf cookie, so its shutdown request would be refused'
+        kid = KID_RE.search(page).group(1)
+        status, _, body = demo.get(f'/voila/api/shutdown/{kid}', 'POST', body=f'_xsrf={xsrf.group(1)}',   # as the page's beacon sends it
+                                   headers={'Cookie': f'_xsrf={xsrf.group(1)}', 'Content-Type': 'application/x-www-form-urlencoded'})
+        assert status == 204, body
+        until(lambda: demo.kernels() == [], 'the kernel to shut down')
+    finally:
+        assert demo.stop() == []
+
+
+def test_kernels_are_capped_with_a_page_saying_so_and_idle_ones_culled(project):
+    demo = Demo(project, max_kernels=1, cull_idle=3)
+    try:
+        assert demo.get()[0] == 200
+        status, _, page = demo.get()
+        assert status == 503 and 'No session free' in page and 'All 1 demo sessions are in use; try again in a few minutes' in page
+        assert 'cdn' not in page                                            # the error page stands alone too
+        until(lambda: demo.kernels() == [], 'the idle kernel to be culled')
+        until(lambda: demo.get()[0] == 200, "a visit once the culled kernel's place is free", 30)
+    finally:
+        assert demo.stop() == []
+
+
+def _png(path, side):
+    "A noise PNG of `side`×`side` RGB pixels: nearly incompressible, so about 3·side² bytes."
+    import numpy as np
+    from PIL import Image
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.browser
+def test_the_page_stays_on_the_machine_takes_big_uploads_and_refuses_bigger_ones(project, tmp_path):
+    from playwright.sync_api import sync_playwright
+    from neuronb.voila import UPLOAD_LIMIT
+    big = _png(tmp_path/'big.png', 2200)                                    # about 14 MB: over tornado's 10 MiB default
+    assert 10 << 20 < big.stat().st_size < UPLOAD_LIMIT
+    huge = tmp_path/'huge.png'
+    huge.write_bytes(os.urandom(UPLOAD_LIMIT + (4 << 20)))
+    demo = Demo(project)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            requests = []
+            page.on('request', lambda r: requests.append(r.url))
+            page.goto(f'http://127.0.0.1:{demo.port}/', wait_until='domcontentloaded')
+            page.wait_for_selector('.nb-upload', timeout=90_000)
+            assert 'up to 20 MB' in page.inner_text('.nb-upload-limit')
+            page.wait_for_load_state('networkidle')
+            local = (f'http://127.0.0.1:{demo.port}/', f'blob:http://127.0.0.1:{demo.port}/', 'data:')   # blob: and data: never leave the page
+            assert requests and [u for u in requests if not u.startswith(local)] == []
+
+            def upload(path):
+                with page.expect_file_chooser() as chooser: page.click('.nb-upload')
+                chooser.value.set_files(str(path))
+            upload(big)
+            page.wait_for_selector('.nb-prediction-value', timeout=60_000)     # it arrived and was predicted
+            shown = page.get_attribute('img.nb-image', 'src')                  # the picture shown, a blob: URL per picture
+            upload(huge)
+            page.wait_for_selector('.nb-upload-too-big', timeout=30_000)
+            assert 'over the limit of 20 MB' in page.inner_text('.nb-upload-limit')
+            page.select_option('.nb-sample select', index=1)                   # the page's connection is still alive
+            page.wait_for_function("old => document.querySelector('img.nb-image').src !== old", arg=shown, timeout=30_000)
+            assert page.locator('.nb-prediction-value').count() == 1
+            assert len(demo.kernels()) == 1
+            page.goto('about:blank')                                            # leaving the page sends its shutdown request
+            until(lambda: demo.kernels() == [], "the closed page's kernel to shut down")
+            browser.close()
+    finally:
+        assert demo.stop() == []
+
+
+def test_settings_that_cannot_work_are_refused(tmp_path):
+    out = neuronb('demo', tmp_path, '--max-kernels', '0', timeout=120)
+    assert out.returncode == 1 and 'max_kernels must be a whole number of at least 1' in out.stderr and 'Traceback' not in out.stderr
+    out = neuronb('demo', tmp_path, '--cull-idle', '-5', timeout=120)
+    assert out.returncode == 1 and 'cull_idle must be a whole number of seconds' in out.stderr
