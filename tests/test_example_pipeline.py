@@ -53,22 +53,6 @@ def test_pipeline_runs_every_stage(example):
     assert not list(root.rglob('*.pkl')) and not list(root.rglob('*.pth'))  # weights + JSON, never a pickle
 
 
-def test_a_bad_training_run_never_becomes_champion(example):
-    "One epoch at a tiny learning rate: registered, refused by the gate, the champion and the demo unchanged."
-    root, _ = example
-    before = json.loads((root/'data/models/champion.json').read_text())['version']
-    bad = neuronb('run', root, *TINY[:-4], '-p', 'train.epochs=1', '-p', 'train.lr=1e-6')
-    assert bad.returncode == 0, bad.stdout + bad.stderr
-    assert f'{"demo":<10} up to date' in bad.stdout and f"Champion: {before}" in bad.stdout
-    models = json.loads(neuronb('models', '--dir', root, 'list', '--json').stdout)
-    refused = models[-1]
-    assert refused['aliases'] == ['challenger'] and 'champion' not in refused['aliases']
-    assert "below the gate's min" in refused['decision'] or 'does not beat the champion' in refused['decision'], refused
-    shown = neuronb('models', '--dir', root, 'show', refused['version'])
-    assert shown.returncode == 0 and 'gate refused' in shown.stdout, shown.stdout
-    assert json.loads((root/'data/models/champion.json').read_text())['version'] == before
-
-
 def test_full_example_reaches_95_percent(tmp_path):
     "The example exactly as `make run` runs it: all 1797 digits, the pipeline file's settings."
     assert neuronb('init', tmp_path/'full').returncode == 0
@@ -121,6 +105,22 @@ def test_second_run_reuses_everything_and_a_train_parameter_reruns_only_train_an
     assert show.returncode == 0 and 'lr' in show.stdout and 'train' in show.stdout
     newest = sorted(p for p in (root/'runs').iterdir() if p.is_dir() and p.name != 'wandb')[-1]
     assert newest.name in show.stdout and (newest/'index.html').exists()
+
+
+def test_a_bad_training_run_never_becomes_champion(example):
+    "One epoch at a tiny learning rate: registered, refused by the gate, the champion and the demo unchanged."
+    root, _ = example
+    before = json.loads((root/'data/models/champion.json').read_text())['version']
+    bad = neuronb('run', root, *TINY[:-4], '-p', 'train.epochs=1', '-p', 'train.lr=1e-6')
+    assert bad.returncode == 0, bad.stdout + bad.stderr
+    assert f'{"demo":<10} up to date' in bad.stdout and f"Champion: {before}" in bad.stdout
+    models = json.loads(neuronb('models', '--dir', root, 'list', '--json').stdout)
+    refused = models[-1]
+    assert refused['aliases'] == ['challenger'] and 'champion' not in refused['aliases']
+    assert "below the gate's min" in refused['decision'] or 'does not beat the champion' in refused['decision'], refused
+    shown = neuronb('models', '--dir', root, 'show', refused['version'])
+    assert shown.returncode == 0 and 'gate refused' in shown.stdout, shown.stdout
+    assert json.loads((root/'data/models/champion.json').read_text())['version'] == before
 
 
 def test_bad_override_is_refused_before_anything_runs(example):

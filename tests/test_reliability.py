@@ -171,7 +171,7 @@ def digits_project(tmp_path_factory):
     (['-p', 'train.lr=0'], "must be > 0"),
     (['-p', 'train.resize=crop'], "must be in ['squish', 'pad']"),
     (['-p', 'train.lr=fast'], "got str 'fast'; write a number, e.g. 0.001 or 1e-3"),
-    (['--only', 'ingest', '-p', 'train.epochs=2'], "is for stage 'train', which this run leaves out (it considers ingest); add train to --only"),
+    (['--only', 'ingest', '-p', 'train.epochs=0'], "parameter 'epochs' of stage 'train' (stages/05_train.ipynb) must be >= 1"),
     (['--only', 'ingest', '-p', 'train.epoch=2'], "did you mean 'epochs'?"),
 ])
 def test_refused_parameters_run_nothing(digits_project, args, message):

@@ -319,14 +319,14 @@ def bury_dead_runs(project, registry, echo=print) -> list:
     return buried
 
 # %% ../../nbs/64_pipeline.engine.ipynb #62f3d840
-def _refuse_left_out(project, overrides, considered):
-    "An override for a stage this run does not consider is checked, then refused: it would be silently dropped."
+def _check_left_out(project, overrides, considered, echo):
+    "Overrides for stages this run leaves out are checked like any other (a typo is an error), and said to be unused."
     left = [n for n in (overrides or {}) if n not in considered]
     if not left: return
-    check_parameters(project, {n: overrides[n] for n in left}, [project.stage(n) for n in left])  # a bad name or value first
-    n = left[0]
-    raise ConfigError(f"-p {n}.{next(iter(overrides[n]))}=... is for stage {n!r}, which this run leaves out (it considers "
-                      f"{', '.join(considered) or 'no stage'}); add {n} to --only, or drop the override")
+    check_parameters(project, {n: overrides[n] for n in left}, [project.stage(n) for n in left])
+    if echo: echo(f"Note: {', '.join(f'-p {n}.{k}' for n in left for k in overrides[n])} "
+                  f"{'is' if sum(map(len, (overrides[n] for n in left))) == 1 else 'are'} for stage(s) this run leaves out "
+                  f"({', '.join(left)}); checked, not used")
 
 def run_pipeline(project,            # a `Project`, or a path inside one
                  overrides=None,     # {stage: {name: value}} on top of the pipeline file's parameters
@@ -344,7 +344,7 @@ def run_pipeline(project,            # a `Project`, or a path inside one
     project = project if isinstance(project, Project) else load_project(project)
     considered, forced = select_stages(project, only, from_, force)
     params = check_parameters(project, overrides, [project.stage(n) for n in considered])
-    _refuse_left_out(project, overrides, considered)
+    _check_left_out(project, overrides, considered, echo)
     others = [s for s in project.stages if s.name not in params]  # only fingerprinted, with the file's parameters
     if others: params.update(check_parameters(project, None, others))
     jobs = min(max(1, int(jobs)), len(considered) or 1)   # never more threads and kernels than stages
