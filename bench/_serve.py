@@ -1,0 +1,120 @@
+"""Shared by the serving benchmarks: a project whose champion has the digits example's shape, servers started as
+subprocesses on loopback, and a light asyncio HTTP/1.1 client (pre-built request bytes, keep-alive connections), so
+the client's own cost stays small beside the servers'."""
+import asyncio, os, re, signal, socket, subprocess, sys, time
+from pathlib import Path
+
+ENV = {**os.environ, 'WANDB_MODE': 'disabled'}
+MAIN = 'import sys; from neuronb.cli import main; sys.exit(main())'
+
+# A hand-written FastAPI endpoint: one preprocess and one forward per request, in FastAPI's thread pool.
+BASELINE = '''
+import sys, uvicorn
+from fastapi import FastAPI, UploadFile
+from neuronb.train.model import load_model, predict_proba, preprocess
+model, cfg = load_model(sys.argv[1])
+app = FastAPI()
+@app.post('/predict')
+def predict(file: UploadFile):
+    p = predict_proba(model, cfg, preprocess(file.file.read(), cfg))[0]
+    i = int(p.argmax())
+    return {'label': cfg['classes'][i], 'probability': float(p[i])}
+uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[2]), log_level='warning', access_log=False)
+'''
+
+
+def make_project(folder, width=32, size=32):
+    "A project (`init_project`) whose champion is an untrained simple_cnn shaped as the digits example trains it; returns (root, model folder, a digit PNG)."
+    import torch
+    from neuronb.pipeline.init import init_project
+    from neuronb.data.digits import render_digits
+    from neuronb.train.model import build_model, save_model
+    from neuronb.train.registry import register_model, move_alias
+    root = Path(folder)/'digits'
+    store = init_project(root).store()
+    torch.manual_seed(0)
+    cfg = {'arch': 'simple_cnn', 'n_classes': 10, 'in_channels': 1, 'width': width, 'size': size, 'mean': 0.2, 'std': 0.3,
+           'frame_ink': True, 'classes': [str(i) for i in range(10)], 'test_accuracy': 0.9}
+    v = register_model(store, save_model(build_model(cfg), cfg, Path(folder)/'model') and Path(folder)/'model')['version']
+    move_alias(store, 'champion', v, 'benchmark')
+    render_digits(Path(folder)/'png', n=1, size=size)
+    return root, Path(store.path('models', v)), next((Path(folder)/'png').glob('*.png')).read_bytes()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def start(cmd, port, ready='/ready', deadline=120):
+    "Start a server process and wait (with a deadline) until GET `ready` answers 200."
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    end = time.monotonic() + deadline
+    while True:
+        if proc.poll() is not None: raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read().decode()}")
+        try:
+            with socket.create_connection(('127.0.0.1', port), timeout=2) as s:
+                s.sendall(f'GET {ready} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'.encode())
+                if s.recv(64).startswith(b'HTTP/1.1 200'): return proc
+        except OSError: pass
+        if time.monotonic() > end: proc.kill(); raise RuntimeError(f"server on {port} never answered {ready}")
+        time.sleep(0.05)
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try: proc.wait(60)
+    except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+
+
+def neuronb_server(root, port, *args):
+    return start([sys.executable, '-c', MAIN, 'serve', str(root), '--port', str(port), *args], port)
+
+
+def baseline_server(model_folder, port):
+    return start([sys.executable, '-c', BASELINE, str(model_folder), str(port)], port, ready='/docs')
+
+
+def upload_request(port, png, path='/predict') -> bytes:
+    "The bytes of one multipart POST of `png`, as curl -F file=@digit.png sends it."
+    b = 'neuronbbench0123456789'
+    body = (f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="digit.png"\r\nContent-Type: image/png\r\n\r\n'
+            .encode() + png + f'\r\n--{b}--\r\n'.encode())
+    return (f'POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; boundary={b}\r\n'
+            f'Content-Length: {len(body)}\r\n\r\n').encode() + body
+
+_LENGTH = re.compile(rb'content-length:\s*(\d+)', re.I)
+
+
+async def _exchange(reader, writer, request):
+    writer.write(request); await writer.drain()
+    head = await reader.readuntil(b'\r\n\r\n')
+    body = await reader.readexactly(int(_LENGTH.search(head).group(1)))
+    return int(head.split(b' ', 2)[1]), body
+
+
+async def _load(port, request, clients, seconds, warmup):
+    "`(answers with 200, other answers, latencies in s)` of `clients` keep-alive connections sending `request` in a loop."
+    ok, bad, lat = [0], [0], []
+    t_start = time.perf_counter()
+    t_measure, t_end = t_start + warmup, t_start + warmup + seconds
+    async def client():
+        reader, writer = await asyncio.open_connection('127.0.0.1', port)
+        try:
+            while (t := time.perf_counter()) < t_end:
+                status, _ = await _exchange(reader, writer, request)
+                if t >= t_measure:
+                    lat.append(time.perf_counter() - t)
+                    if status == 200: ok[0] += 1
+                    else: bad[0] += 1
+        finally: writer.close()
+    await asyncio.gather(*[client() for _ in range(clients)])
+    return ok[0], bad[0], lat
+
+
+def load(port, request, clients=32, seconds=8.0, warmup=2.0):
+    return asyncio.run(_load(port, request, clients, seconds, warmup))
+
+
+def pct(xs, q):
+    xs = sorted(xs); return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]

@@ -1,0 +1,58 @@
+"""Requests/s of `neuronb serve` at 32 concurrent clients against a hand-written FastAPI endpoint (one preprocess and
+one forward per request, in FastAPI's thread pool), same model, same client, same machine, in the same run.
+
+The model has the digits example's shape (simple_cnn, width 32, 32x32 gray input, frame_ink), untrained: the
+arithmetic is the trained model's. Each client is a keep-alive connection sending the same multipart upload of one
+rendered digit in a loop (a light asyncio client: pre-built request bytes, so the client costs little beside the
+servers). The servers run one after the other, each warmed up for `--warmup` s and then measured for `--seconds` s.
+neuronb serve does more per request than the baseline (an id, input statistics, the embedding, the prediction log,
+metrics); it is also measured with `--max-batch 1` (batching off) for the gain from batching, and with `--workers N`
+when asked (`--workers 2`).
+
+Run: `python bench/serve_throughput.py [--clients 32] [--seconds 8] [--warmup 2] [--workers N]`.
+The last line is one JSON object: `value` is neuronb's requests/s over the baseline's (target >= 2.0).
+"""
+import argparse, json, os, shutil, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).parent))
+from _serve import baseline_server, free_port, load, make_project, neuronb_server, pct, stop, upload_request
+
+
+def measure(name, proc_fn, png, args):
+    port = free_port()
+    proc = proc_fn(port)
+    try: ok, bad, lat = load(port, upload_request(port, png), args.clients, args.seconds, args.warmup)
+    finally: stop(proc)
+    rps = ok / args.seconds
+    print(f"{name:44}{rps:9.0f}{pct(lat, 50) * 1000:9.1f}{pct(lat, 95) * 1000:9.1f}{bad:8d}", flush=True)
+    return {'rps': round(rps, 1), 'p50_ms': round(pct(lat, 50) * 1000, 2), 'p95_ms': round(pct(lat, 95) * 1000, 2), 'errors': bad}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--clients', type=int, default=32)
+    ap.add_argument('--seconds', type=float, default=8.0)
+    ap.add_argument('--warmup', type=float, default=2.0)
+    ap.add_argument('--workers', type=int, default=0, help='also measure neuronb serve --workers N')
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix='nb-serve-bench-'))
+    try:
+        root, model, png = make_project(tmp)
+        print(f"{args.clients} clients, {args.seconds:g} s each after {args.warmup:g} s warm-up; python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+        print(f"{'':44}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'errors':>8}")
+        res = {'baseline': measure('hand-written FastAPI, one forward/request', lambda p: baseline_server(model, p), png, args),
+               'neuronb': measure('neuronb serve (max-batch 32, max-wait 5 ms)', lambda p: neuronb_server(root, p), png, args),
+               'unbatched': measure('neuronb serve --max-batch 1', lambda p: neuronb_server(root, p, '--max-batch', '1'), png, args)}
+        if args.workers > 1:
+            res['workers'] = measure(f'neuronb serve --workers {args.workers}', lambda p: neuronb_server(root, p, '--workers', str(args.workers)), png, args)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    ratio = res['neuronb']['rps'] / res['baseline']['rps']
+    gain = res['neuronb']['rps'] / res['unbatched']['rps']
+    print(f"neuronb / baseline: {ratio:.2f}x; gain from batching (batched / --max-batch 1): {gain:.2f}x")
+    print(json.dumps({'bench': 'serve_throughput', 'name': 'serve_throughput', 'value': round(ratio, 2), 'unit': 'x',
+                      'value_is': f'requests/s of neuronb serve over a hand-written FastAPI endpoint, {args.clients} concurrent clients',
+                      'target': 2.0, 'batching_gain': round(gain, 2), 'clients': args.clients, 'cpus': os.cpu_count(), **res}))
+
+
+if __name__ == '__main__':
+    main()
