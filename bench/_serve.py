@@ -22,6 +22,25 @@ def predict(file: UploadFile):
 uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[2]), log_level='warning', access_log=False)
 '''
 
+# The same model behind LitServe (measured when litserve is installed: `--litserve PYTHON`): its batching
+# (max_batch_size 32, batch_timeout 5 ms, as neuronb's defaults), one inference worker, one API server process.
+LITSERVE = '''
+import sys, torch, litserve as ls
+from fastapi import Request
+from neuronb.train.model import load_model, predict_proba, preprocess
+class DigitAPI(ls.LitAPI):
+    def setup(self, device): self.model, self.cfg = load_model(sys.argv[1])
+    def decode_request(self, request: Request): return preprocess(request['file'].file.read(), self.cfg)
+    def batch(self, xs): return torch.cat(xs)
+    def predict(self, x): return predict_proba(self.model, self.cfg, x)
+    def unbatch(self, out): return list(out)
+    def encode_response(self, p):
+        i = int(p.argmax()); return {'label': self.cfg['classes'][i], 'probability': float(p[i])}
+if __name__ == '__main__':
+    server = ls.LitServer(DigitAPI(max_batch_size=32, batch_timeout=0.005), accelerator='cpu', workers_per_device=1)
+    server.run(host='127.0.0.1', port=int(sys.argv[2]), generate_client_file=False, log_level='warning', num_api_servers=1)
+'''
+
 
 def make_project(folder, width=32, size=32):
     "A project (`init_project`) whose champion is an untrained simple_cnn shaped as the digits example trains it; returns (root, model folder, a digit PNG)."
@@ -73,6 +92,11 @@ def neuronb_server(root, port, *args):
 
 def baseline_server(model_folder, port):
     return start([sys.executable, '-c', BASELINE, str(model_folder), str(port)], port, ready='/docs')
+
+
+def litserve_server(python, model_folder, port, folder):
+    script = Path(folder)/'litserve_digits.py'; script.write_text(LITSERVE)   # a file: LitServe spawns processes
+    return start([python, str(script), str(model_folder), str(port)], port, ready='/health')
 
 
 def upload_request(port, png, path='/predict') -> bytes:

@@ -7,15 +7,16 @@ rendered digit in a loop (a light asyncio client: pre-built request bytes, so th
 servers). The servers run one after the other, each warmed up for `--warmup` s and then measured for `--seconds` s.
 neuronb serve does more per request than the baseline (an id, input statistics, the embedding, the prediction log,
 metrics); it is also measured with `--max-batch 1` (batching off) for the gain from batching, and with `--workers N`
-when asked (`--workers 2`).
+when asked (`--workers 2`). LitServe (the anchor that claims 2x a plain FastAPI endpoint) is measured the same way
+when `--litserve PYTHON` names an interpreter that has litserve (and neuronb on its path).
 
-Run: `python bench/serve_throughput.py [--clients 32] [--seconds 8] [--warmup 2] [--workers N]`.
+Run: `python bench/serve_throughput.py [--clients 32] [--seconds 8] [--warmup 2] [--workers N] [--litserve PYTHON]`.
 The last line is one JSON object: `value` is neuronb's requests/s over the baseline's (target >= 2.0).
 """
 import argparse, json, os, shutil, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
-from _serve import baseline_server, free_port, load, make_project, neuronb_server, pct, stop, upload_request
+from _serve import baseline_server, free_port, litserve_server, load, make_project, neuronb_server, pct, stop, upload_request
 
 
 def measure(name, proc_fn, png, args):
@@ -34,6 +35,7 @@ def main():
     ap.add_argument('--seconds', type=float, default=8.0)
     ap.add_argument('--warmup', type=float, default=2.0)
     ap.add_argument('--workers', type=int, default=0, help='also measure neuronb serve --workers N')
+    ap.add_argument('--litserve', default=None, help='a Python interpreter with litserve installed: also measure LitServe')
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix='nb-serve-bench-'))
     try:
@@ -45,6 +47,8 @@ def main():
                'unbatched': measure('neuronb serve --max-batch 1', lambda p: neuronb_server(root, p, '--max-batch', '1'), png, args)}
         if args.workers > 1:
             res['workers'] = measure(f'neuronb serve --workers {args.workers}', lambda p: neuronb_server(root, p, '--workers', str(args.workers)), png, args)
+        if args.litserve:
+            res['litserve'] = measure('LitServe (max_batch_size 32, 5 ms)', lambda p: litserve_server(args.litserve, model, p, tmp), png, args)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     ratio = res['neuronb']['rps'] / res['baseline']['rps']
     gain = res['neuronb']['rps'] / res['unbatched']['rps']
