@@ -136,7 +136,9 @@ def test_token_gate(project):
             probe, metrics = c.get('/health'), c.get('/metrics')
             link = c.get('/docs?token=s3cret')
             spec = c.get('/openapi.json')   # the cookie the link set lets the docs page load its spec
-    finally: s.stop()
+    finally: code = s.stop(signal.SIGINT)
+    assert code == 0 and 'stopped; the prediction log is flushed' in s.output()
+    assert f'{s.url}/?token=s3cret' in s.output() and f'{s.url}/docs?token=s3cret' in s.output()
     assert none.status_code == 401 and 'requires a token' in none.json()['error']
     assert wrong.status_code == 403 and 'token is wrong' in wrong.json()['error']
     assert ok.status_code == 200 and probe.status_code == 200 and metrics.status_code == 401
