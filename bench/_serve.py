@@ -1,7 +1,7 @@
 """Shared by the serving benchmarks: a project whose champion has the digits example's shape, servers started as
 subprocesses on loopback, and a light asyncio HTTP/1.1 client (pre-built request bytes, keep-alive connections), so
 the client's own cost stays small beside the servers'."""
-import asyncio, os, re, signal, socket, subprocess, sys, time
+import asyncio, json, os, re, signal, socket, subprocess, sys, time
 from pathlib import Path
 
 ENV = {**os.environ, 'WANDB_MODE': 'disabled'}
@@ -58,6 +58,16 @@ def make_project(folder, width=32, size=32):
     move_alias(store, 'champion', v, 'benchmark')
     render_digits(Path(folder)/'png', n=1, size=size)
     return root, Path(store.path('models', v)), next((Path(folder)/'png').glob('*.png')).read_bytes()
+
+
+def existing_project(root, folder):
+    "`(root, champion's model folder, a digit PNG)` of a project that has a champion (e.g. the digits example after `neuronb run`)."
+    from neuronb.pipeline.project import load_project
+    from neuronb.data.digits import render_digits
+    from neuronb.train.registry import fetch_model
+    size = json.loads((fetch_model(load_project(root).store(), '@champion')/'config.json').read_text())['size']
+    render_digits(Path(folder)/'png', n=1, size=size)
+    return Path(root), fetch_model(load_project(root).store(), '@champion'), next((Path(folder)/'png').glob('*.png')).read_bytes()
 
 
 def free_port():

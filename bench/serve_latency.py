@@ -5,13 +5,13 @@ untrained. The hand-written FastAPI endpoint of `serve_throughput.py` (one forwa
 way in the same run, for context: at concurrency 1 batching cannot help, so this shows what neuronb's extra work
 (ids, input statistics, embedding, prediction log, metrics, the batching queue) costs a lone request.
 
-Run: `python bench/serve_latency.py [--requests 500] [--warmup 50]`.
+Run: `python bench/serve_latency.py [--requests 500] [--warmup 50] [--project DIR]`.
 The last line is one JSON object: `value` is neuronb's p95 in ms (target <= 10 on the CPU).
 """
 import argparse, asyncio, json, os, shutil, statistics, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
-from _serve import _exchange, baseline_server, free_port, make_project, neuronb_server, pct, stop, upload_request
+from _serve import existing_project, _exchange, baseline_server, free_port, make_project, neuronb_server, pct, stop, upload_request
 
 
 async def _sequential(port, request, n, warmup):
@@ -40,10 +40,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--requests', type=int, default=500)
     ap.add_argument('--warmup', type=int, default=50)
+    ap.add_argument('--project', default=None, help="serve this project's @champion (e.g. the digits example after `neuronb run`) instead of an untrained one of its shape")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix='nb-serve-lat-'))
     try:
-        root, model, png = make_project(tmp)
+        root, model, png = existing_project(args.project, tmp) if args.project else make_project(tmp)
         print(f"{args.requests} requests one at a time after {args.warmup} warm-up; python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
         print(f"{'':44}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}")
         res = {'neuronb': measure('neuronb serve', lambda p: neuronb_server(root, p), png, args),

@@ -12,13 +12,13 @@ metrics); it is also measured with `--max-batch 1` (batching off) for the gain f
 when asked (`--workers 2`). LitServe (the anchor that claims 2x a plain FastAPI endpoint) is measured the same way
 when `--litserve PYTHON` names an interpreter that has litserve (and neuronb on its path).
 
-Run: `python bench/serve_throughput.py [--clients 32] [--seconds 8] [--warmup 2] [--repeats 3] [--workers N] [--litserve PYTHON]`.
+Run: `python bench/serve_throughput.py [--clients 32] [--seconds 8] [--warmup 2] [--repeats 3] [--project DIR] [--workers N] [--litserve PYTHON]`.
 The last line is one JSON object: `value` is neuronb's requests/s over the baseline's (target >= 2.0).
 """
 import argparse, json, os, shutil, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
-from _serve import baseline_server, free_port, litserve_server, load, make_project, neuronb_server, pct, stop, upload_request
+from _serve import existing_project, baseline_server, free_port, litserve_server, load, make_project, neuronb_server, pct, stop, upload_request
 
 
 def measure(name, proc_fn, png, args):
@@ -39,10 +39,11 @@ def main():
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--workers', type=int, default=0, help='also measure neuronb serve --workers N')
     ap.add_argument('--litserve', default=None, help='a Python interpreter with litserve installed: also measure LitServe')
+    ap.add_argument('--project', default=None, help="serve this project's @champion (e.g. the digits example after `neuronb run`) instead of an untrained one of its shape")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix='nb-serve-bench-'))
     try:
-        root, model, png = make_project(tmp)
+        root, model, png = existing_project(args.project, tmp) if args.project else make_project(tmp)
         print(f"{args.clients} clients, {args.seconds:g} s each after {args.warmup:g} s warm-up; python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
         print(f"{'':44}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'errors':>8}")
         sides = {'baseline': ('hand-written FastAPI, one forward/request', lambda p: baseline_server(model, p)),

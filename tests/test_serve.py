@@ -110,6 +110,7 @@ def test_bad_inputs_are_json_errors(project):
     try:
         with httpx.Client(base_url=s.url, timeout=30) as c:
             big = c.post('/predict', files=[('file', ('big.png', b'\0' * 100_000, 'image/png'))])
+            chunked = c.post('/predict', content=iter([b'{"images": ["' + b'A' * 30_000] * 4), headers={'content-type': 'application/json'})
             text = c.post('/predict', files=[('file', ('notes.txt', b'just text', 'text/plain'))])
             kind = c.post('/predict', content=b'raw', headers={'content-type': 'text/plain'})
             b64 = c.post('/predict', json={'images': ['@@not base64@@']})
@@ -118,6 +119,7 @@ def test_bad_inputs_are_json_errors(project):
             missing = c.get('/nope')
     finally: s.stop()
     assert big.status_code == 413 and 'this server takes at most 51 KiB per request' in big.json()['error']
+    assert chunked.status_code == 413 and 'the request is over 51 KiB' in chunked.json()['error']   # no Content-Length: counted as read
     assert text.status_code == 415 and "upload 'notes.txt' is not an image" in text.json()['error']
     assert kind.status_code == 415 and 'takes multipart/form-data or application/json, not text/plain' in kind.json()['error']
     assert b64.status_code == 422 and 'images[0] is not valid base64' in b64.json()['error']
@@ -237,16 +239,19 @@ def test_kill_9_loses_at_most_the_last_flush_window(project):
 
 
 def test_workers_share_metrics_and_stop_cleanly(project):
-    root, _, _ = project
-    s = Server(root, '--workers', '2')
+    root, store, _ = project
+    s = Server(root, '--workers', '2', '--log-every', '60')
+    ids = []
     try:
         pids = {k.pid for k in psutil.Process(s.proc.pid).children(recursive=True)}
         with httpx.Client(base_url=s.url, timeout=30) as c:
             for i in range(20):
-                assert c.post('/predict', files=_files(i), headers={'connection': 'close'}).status_code == 200
+                r = c.post('/predict', files=_files(i), headers={'connection': 'close'})
+                assert r.status_code == 200; ids.append(r.json()['predictions'][0]['id'])
             scrapes = [c.get('/metrics', headers={'connection': 'close'}).text for _ in range(6)]
     finally: code = s.stop()
     counts = [sum(float(l.split()[-1]) for l in t.splitlines() if l.startswith('neuronb_serve_predictions_total')) for t in scrapes]
     assert counts == [20.0] * 6, counts   # whichever worker answers the scrape, it counts all of them
     assert code == 0, s.output()
+    assert set(ids) <= set(prediction_log(store).id), 'a worker did not flush its log at shutdown'
     assert len(pids) >= 2 and not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
