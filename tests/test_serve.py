@@ -159,6 +159,15 @@ def test_tampered_model_is_refused(project, tmp_path):
     assert res.stderr.count('\n') == 1 and 'does not match its SHA-256' in res.stderr and 'Traceback' not in res.stderr
 
 
+def test_no_champion_yet(tmp_path):
+    from neuronb.pipeline.init import init_project
+    init_project(tmp_path/'fresh')
+    res = subprocess.run([sys.executable, '-c', MAIN, 'serve', str(tmp_path/'fresh'), '--port', str(_free_port())], env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and res.stderr.count('\n') == 1, res.stdout + res.stderr
+    assert 'no model is champion yet' in res.stderr and 'neuronb models promote' in res.stderr, res.stderr
+
+
 def test_no_fastai_import(project):
     "Loading, preparing and predicting through the app import nothing of fastai."
     root, _, _ = project
