@@ -30,7 +30,7 @@ from .train.registry import fetch_model, lineage, resolve_version
 __all__ = ['EMBED_DIM', 'LOG_DIR', 'LOG_SCHEMA', 'OPEN_PATHS', 'COOKIE', 'TOP_K', 'SETTINGS_ENV', 'ServeError', 'Served',
            'load_served', 'prepare_image', 'Batcher', 'PredictionLog', 'prediction_log', 'is_loopback', 'access_token',
            'check_token', 'Gate', 'Metrics', 'watch_version', 'ModelServer', 'Prediction', 'PredictResponse',
-           'ErrorResponse', 'prediction_id', 'serve_app', 'app_from_env', 'serve_link', 'serve']
+           'ErrorResponse', 'prediction_id', 'predict_files', 'serve_app', 'app_from_env', 'serve_link', 'serve']
 
 # %% ../nbs/72_serve.ipynb #ef7dc84a
 class ServeError(NeuronbError):
@@ -192,16 +192,21 @@ LOG_SCHEMA = pa.schema([('id', pa.string()), ('time', pa.timestamp('ms', tz='UTC
 
 class PredictionLog:
     "Prediction rows appended to `store` as Parquet batches, partitioned by day, every `every` seconds and at `close`."
-    def __init__(self, store, every:float=5.0, echo=print):
-        self.store, self.every, self.echo = store, every, echo
-        self.rows, self.lock, self.written, self._failing = [], threading.Lock(), 0, None
+    def __init__(self, store, every:float=5.0, echo=print,
+                 max_rows:int=200_000): # rows kept while storage cannot be written; beyond, the oldest are dropped
+        self.store, self.every, self.echo, self.max_rows = store, every, echo, max_rows
+        self.rows, self.lock, self.written, self.dropped, self._failing = [], threading.Lock(), 0, 0, None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name='neuronb-prediction-log', daemon=True)
         self._thread.start()
 
     def add(self, rows:list):
         "Queue `rows` (dicts with LOG_SCHEMA's fields) for the next flush."
-        with self.lock: self.rows.extend(rows)
+        with self.lock:
+            self.rows.extend(rows)
+            if len(self.rows) > self.max_rows:   # storage has been failing for long: memory must stay bounded
+                self.dropped += len(self.rows) - self.max_rows
+                del self.rows[:len(self.rows) - self.max_rows]
 
 # %% ../nbs/72_serve.ipynb #836baad1
 def _log_path(day:str) -> str:
@@ -224,10 +229,13 @@ def flush(self:PredictionLog) -> int:
             done += len(batch)
     except Exception as e:
         with self.lock: self.rows[:0] = [r for day, b in list(by_day.items()) for r in b][done:]   # kept for the next flush
-        if str(e) != self._failing: self.echo(f"neuronb serve: cannot write the prediction log to {self.store.url}/{LOG_DIR} ({type(e).__name__}: {e}); keeping the rows and retrying", file=sys.stderr, flush=True)
+        if str(e) != self._failing: self.echo(f"neuronb serve: cannot write the prediction log to {self.store.url}/{LOG_DIR} ({type(e).__name__}: {e}); "
+                                              f"keeping up to {self.max_rows:,} rows and retrying", file=sys.stderr, flush=True)
         self._failing = str(e)
         return done
-    self._failing = None
+    if self._failing or self.dropped:
+        self.echo(f"neuronb serve: the prediction log is written again" + (f"; {self.dropped:,} of the oldest rows were dropped meanwhile" if self.dropped else ''), file=sys.stderr, flush=True)
+    self._failing, self.dropped = None, 0
     self.written += done
     return done
 
@@ -525,6 +533,19 @@ def _answer(served:Served, probs, emb, stats:list, t0:float, source='api') -> tu
         rows.append({'id': pid, 'time': now, 'model': served.version, 'source': source, **s, 'label': pred['label'],
                      'probability': pred['probability'], 'probabilities': p.tolist(), 'embedding': e.tolist(), 'latency_ms': ms})
     return {'model': served.version, 'predictions': preds}, rows
+
+# %% ../nbs/72_serve.ipynb #9f95fb86
+def predict_files(served:Served, # from `load_served` (or `Served(model, cfg)` over a loaded model)
+                  files:list,    # [(name, bytes), ...]
+                  log=None,      # a PredictionLog the rows are appended to
+                  source='api') -> dict: # what the log says made the request
+    "The answer `POST /predict` gives for `files`, computed in this thread, its rows added to `log`."
+    t0 = time.perf_counter()
+    x, stats = _prepare_all(files, served.cfg)
+    probs, emb = served.forward(x)
+    doc, rows = _answer(served, probs, emb, stats, t0, source)
+    if log is not None: log.add(rows)
+    return doc
 
 # %% ../nbs/72_serve.ipynb #43830b80
 def _add_routes(app:FastAPI, ms:ModelServer, max_bytes:int):
