@@ -631,6 +631,16 @@ def serve_link(ip, port, token=None) -> str:
     return f"http://{host}:{port}/" + (f"?token={token}" if token else '')
 
 # %% ../nbs/72_serve.ipynb #12493d2d
+def _check_port(ip:str, port:int):
+    "Refuse a port another program holds, before loading anything (uvicorn alone would log a traceback-like error)."
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6 if ':' in ip else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((ip, port))
+    except OSError as e:
+        raise ServeError(f"cannot listen on {ip}:{port} ({e.strerror}); another program holds the port or the address is not this machine's: "
+                         f"choose another with --port (or --ip)") from None
+
 def _check_settings(workers, max_batch, max_wait_ms, max_mb, log_every):
     for name, value, low in (('--workers', workers, 1), ('--max-batch', max_batch, 1), ('--max-wait-ms', max_wait_ms, 0),
                              ('--max-mb', max_mb, 0.001), ('--log-every', log_every, 0.05)):
@@ -647,6 +657,7 @@ def serve(project=None,       # a project folder (default: the working directory
     import uvicorn
     from neuronb.pipeline.project import load_project
     _check_settings(workers, max_batch, max_wait_ms, max_mb, log_every)
+    _check_port(ip, port)
     proj = load_project(project)
     served = load_served(proj.store(), model)   # a bad or tampered model: refused before anything is bound
     token = access_token(ip, token)
