@@ -90,6 +90,15 @@ def start(cmd, port, ready='/ready', deadline=120):
         time.sleep(0.05)
 
 
+def mean_batch(port):
+    "Images per forward so far, from neuronb serve's /metrics (None for a server without them)."
+    with socket.create_connection(('127.0.0.1', port), timeout=10) as s:
+        s.sendall(b'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+        text = b''.join(iter(lambda: s.recv(65536), b'')).decode('utf-8', 'replace')
+    got = dict(re.findall(r'^neuronb_serve_batch_images_(sum|count) (\S+)$', text, re.M))
+    return float(got['sum']) / float(got['count']) if got.get('count') and float(got['count']) else None
+
+
 def stop(proc):
     proc.send_signal(signal.SIGTERM)
     try: proc.wait(60)

@@ -18,17 +18,20 @@ The last line is one JSON object: `value` is neuronb's requests/s over the basel
 import argparse, json, os, shutil, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
-from _serve import existing_project, baseline_server, free_port, litserve_server, load, make_project, neuronb_server, pct, stop, upload_request
+from _serve import existing_project, baseline_server, free_port, litserve_server, mean_batch, load, make_project, neuronb_server, pct, stop, upload_request
 
 
 def measure(name, proc_fn, png, args):
     port = free_port()
     proc = proc_fn(port)
-    try: ok, bad, lat = load(port, upload_request(port, png), args.clients, args.seconds, args.warmup)
+    try:
+        ok, bad, lat = load(port, upload_request(port, png), args.clients, args.seconds, args.warmup)
+        batch = mean_batch(port) if name.startswith('neuronb') else None
     finally: stop(proc)
     rps = ok / args.seconds
-    print(f"{name:44}{rps:9.0f}{pct(lat, 50) * 1000:9.1f}{pct(lat, 95) * 1000:9.1f}{bad:8d}", flush=True)
-    return {'rps': round(rps, 1), 'p50_ms': round(pct(lat, 50) * 1000, 2), 'p95_ms': round(pct(lat, 95) * 1000, 2), 'errors': bad}
+    print(f"{name:44}{rps:9.0f}{pct(lat, 50) * 1000:9.1f}{pct(lat, 95) * 1000:9.1f}{bad:8d}{batch or float('nan'):8.1f}", flush=True)
+    return {'rps': round(rps, 1), 'p50_ms': round(pct(lat, 50) * 1000, 2), 'p95_ms': round(pct(lat, 95) * 1000, 2), 'errors': bad,
+            **({'images_per_forward': round(batch, 1)} if batch else {})}
 
 
 def main():
@@ -45,7 +48,7 @@ def main():
     try:
         root, model, png = existing_project(args.project, tmp) if args.project else make_project(tmp)
         print(f"{args.clients} clients, {args.seconds:g} s each after {args.warmup:g} s warm-up; python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-        print(f"{'':44}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'errors':>8}")
+        print(f"{'':44}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'errors':>8}{'batch':>8}")
         sides = {'baseline': ('hand-written FastAPI, one forward/request', lambda p: baseline_server(model, p)),
                  'neuronb': ('neuronb serve (max-batch 32, max-wait 5 ms)', lambda p: neuronb_server(root, p)),
                  'unbatched': ('neuronb serve --max-batch 1', lambda p: neuronb_server(root, p, '--max-batch', '1'))}
