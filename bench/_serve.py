@@ -77,7 +77,7 @@ def free_port():
 
 def start(cmd, port, ready='/ready', deadline=120):
     "Start a server process and wait (with a deadline) until GET `ready` answers 200."
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)   # a group: stop() ends all of it
     end = time.monotonic() + deadline
     while True:
         if proc.poll() is not None: raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read().decode()}")
@@ -100,9 +100,18 @@ def mean_batch(port):
 
 
 def stop(proc):
+    "SIGTERM to the server, then to whatever of its process group is left (LitServe's worker processes outlive their parent)."
     proc.send_signal(signal.SIGTERM)
     try: proc.wait(60)
     except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try: os.killpg(proc.pid, sig)
+        except ProcessLookupError: return
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            try: os.killpg(proc.pid, 0)
+            except ProcessLookupError: return
+            time.sleep(0.05)
 
 
 def neuronb_server(root, port, *args):
