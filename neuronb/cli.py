@@ -9,8 +9,8 @@ from pathlib import Path
 from .core import NeuronbError
 
 # %% auto #0
-__all__ = ['cmd_models', 'cmd_label', 'cmd_train', 'cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs', 'cmd_show',
-           'cmd_sync', 'cmd_sweep', 'cmd_data', 'main']
+__all__ = ['cmd_models', 'cmd_label', 'cmd_train', 'cmd_serve', 'cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs',
+           'cmd_show', 'cmd_sync', 'cmd_sweep', 'cmd_data', 'main']
 
 # %% ../nbs/90_cli.ipynb #4020ef14
 _EPILOG = """examples:
@@ -22,6 +22,7 @@ _EPILOG = """examples:
   neuronb status digits-demo                  which stages are stale, and why
   neuronb show                                lineage of the latest run: data, parameters, code, metrics
   neuronb demo digits-demo                    serve the demo notebook with Voila on 127.0.0.1
+  neuronb serve digits-demo                   the champion as an HTTP JSON API on 127.0.0.1:8000 (docs at /docs)
   neuronb label --dir digits-demo serve --annotators alice,bob
                                               one private labeling link per annotator
   neuronb train digits-demo --nproc 2         the train stage, data-parallel over 2 processes (torchrun)
@@ -107,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     _label_parser(sub)
     _train_parser(sub)
     _models_parser(sub)
+    _serve_parser(sub)
     return p
 
 def _version():
@@ -323,6 +325,29 @@ def cmd_train(args):
     run.raise_for_status()
     return 0
 
+# %% ../nbs/90_cli.ipynb #79f646ab
+def _serve_parser(sub):
+    s = sub.add_parser('serve', help='serve a model (default: @champion) as an HTTP JSON API with batching and a prediction log',
+                       description='Serve the model an alias names (or a version) over HTTP with FastAPI + uvicorn: POST /predict '
+                                   '(multipart images or JSON base64), /health, /ready, /version, /metrics (Prometheus), docs at /docs. '
+                                   'Requests are batched; the model is swapped when its alias moves; every prediction is appended '
+                                   'to predictions/ in project storage. Ctrl-C or SIGTERM stops it and flushes the log.')
+    s.add_argument('dir', metavar='DIR', nargs='?', default='.', help='the project folder (default: current folder)')
+    s.add_argument('--model', default='@champion', help="'@alias', 'latest' or a version (default: @champion)")
+    s.add_argument('--port', type=int, default=8000, help='port to listen on (default: 8000)')
+    s.add_argument('--ip', default='127.0.0.1', help='interface to bind (default: 127.0.0.1; others require a token)')
+    s.add_argument('--token', help='access token every request must carry (generated when --ip is not loopback)')
+    s.add_argument('--workers', type=int, default=1, help='server processes (default: 1)')
+    s.add_argument('--max-batch', type=int, default=32, help='most images per forward (default: 32)')
+    s.add_argument('--max-wait-ms', type=float, default=5.0, help='longest wait for a batch to fill (default: 5)')
+    s.add_argument('--max-mb', type=float, default=10.0, help='largest request body in MiB (default: 10)')
+    s.add_argument('--log-every', type=float, default=5.0, help='seconds between prediction-log flushes (default: 5)')
+
+def cmd_serve(args):
+    from neuronb.serve import serve
+    return serve(args.dir, model=args.model, port=args.port, ip=args.ip, token=args.token, workers=args.workers,
+                 max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_mb=args.max_mb, log_every=args.log_every)
+
 # %% ../nbs/90_cli.ipynb #f7306136
 def cmd_init(args):
     from neuronb.pipeline.init import init_project
@@ -511,7 +536,8 @@ def cmd_data(args):
 
 # %% ../nbs/90_cli.ipynb #39000cbd
 _COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show,
-             'data': cmd_data, 'sync': cmd_sync, 'sweep': cmd_sweep, 'label': cmd_label, 'train': cmd_train, 'models': cmd_models}
+             'data': cmd_data, 'sync': cmd_sync, 'sweep': cmd_sweep, 'label': cmd_label, 'train': cmd_train, 'models': cmd_models,
+             'serve': cmd_serve}
 
 def _os_error(e:OSError) -> str:
     "One line for an operating-system error: what failed, on which path, and what to check."
