@@ -50,4 +50,4 @@ export: install
 	$(BIN)/nbdev_clean && $(BIN)/nbdev_export
 
 bench: install
-	@for b in $$(ls bench/*.py | grep -v -e gpu_smoke -e _pngs); do echo "== $$b"; WANDB_MODE=disabled $(BIN)/python $$b || exit 1; done
+	@for b in $$(ls bench/*.py | grep -v -e gpu_smoke -e _pngs -e _serve); do echo "== $$b"; WANDB_MODE=disabled $(BIN)/python $$b || exit 1; done
