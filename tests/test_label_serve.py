@@ -161,7 +161,10 @@ async def _label_all(browser, link, truth, spoof=None):
         name = (await page.inner_text('.nb-item-name')).strip()
         shown.append(name)
         await page.click(f'.nb-class-{truth[name]}')
-        await page.wait_for_function("([sel, old]) => document.querySelector(sel).innerText !== old", arg=[".nb-progress", progress], timeout=60_000)
+        # the next item is on the page once the count has moved and the name changed (or the queue is done)
+        await page.wait_for_function("""([old, oldName]) => document.querySelector('.nb-progress').innerText !== old &&
+            (document.querySelector('.nb-item-name').innerText.trim() !== oldName || document.querySelector('.nb-done').innerText !== '')""",
+            arg=[progress, name], timeout=60_000)
     done = await page.inner_text('.nb-done')
     await ctx.close()
     return shown, who, done

@@ -247,15 +247,19 @@ LabelingApp.total = property(lambda self: len(self.items))
 # %% ../../nbs/23_label.app.ipynb #3023d5cf
 @patch
 def _render(self:LabelingApp):
-    "Show the first item of the queue (or the done message) and read the next ones ahead."
-    done = self.total - len(self.todo)
-    self.progress.value, self.bar.value = f"{done} / {self.total}", done
+    "Show the first item of the queue (or the done message) and read the next ones ahead; the progress changes last."
     finished = not self.todo
     self.work.layout.display, self.done.layout.display = ('none', None) if finished else (None, 'none')
     self.done.value = self._done_text() if finished else ''
     self.error.value = ''
-    if finished: return
-    name, h = self.todo[0]
+    if not finished: self._render_item(*self.todo[0])
+    # the page applies updates in order: once the count moves, the item shown is the item a click labels
+    done = self.total - len(self.todo)
+    self.progress.value, self.bar.value = f"{done} / {self.total}", done
+
+@patch
+def _render_item(self:LabelingApp, name, h):
+    "Show item `name` (object `h`): caption, image, extras; read the next ones ahead."
     self.caption.value = f"<code>{html.escape(name)}</code>"
     try: self._show_image(*self._images.get(name, h))
     except NeuronbError as e:  # a missing or unreadable object: say so, keep the labeler going (skip)
