@@ -133,6 +133,13 @@ def _models_parser(sub):
     r.add_argument('--alias', default='champion'); r.add_argument('--why', default='rolled back by hand')
     d = at(msub.add_parser('diff', help='what differs between two versions: config, metrics, parameters, data'))
     d.add_argument('a', metavar='A'); d.add_argument('b', metavar='B')
+    r = at(msub.add_parser('reproduce', help='rerun the stages that made a version, from its run\'s notebooks, and compare every metric',
+                           description='Rebuild a model in a scratch project (.neuronb/reproduce/VERSION unless --into): the stages '
+                                       'that made it, from the notebooks its run kept, with the recorded parameters and data version. '
+                                       'Exits 0 when every metric matches exactly, 1 when one differs.'))
+    r.add_argument('version', metavar='VERSION', nargs='?', default='@champion', help='a version, @alias or latest (default: @champion)')
+    r.add_argument('--into', help='a new or empty folder for the scratch project')
+    r.add_argument('--anyway', action='store_true', help='rerun even when inputs changed since (the metrics then cannot match)')
     return m
 
 def _print_models(rows):
@@ -154,7 +161,8 @@ def _fmt_metrics(m) -> str: return ', '.join(f"{k} {v:.4g}" for k, v in (m or {}
 def cmd_models(args):
     from neuronb.pipeline.project import load_project
     import neuronb.train.registry as reg
-    if not args.models_command: raise NeuronbError("say what to do: neuronb models {list,show,promote,rollback,diff} (see --help)")
+    if not args.models_command: raise NeuronbError("say what to do: neuronb models {list,show,promote,rollback,diff,reproduce} (see --help)")
+    if args.models_command == 'reproduce': return _reproduce(args)
     store, cmd = load_project(args.dir).store(), args.models_command
     if cmd == 'list':
         rows = reg.model_table(store)
@@ -178,6 +186,33 @@ def cmd_models(args):
     e = reg.move_alias(store, args.alias, args.version, args.why) if cmd == 'promote' else reg.rollback(store, args.alias, args.why)
     if args.json: return _print_json(e)
     _print_event(e)
+
+def _reproduce(args) -> int:
+    "`neuronb models reproduce`: rebuild, print the metrics side by side, exit 1 unless every one matches."
+    from neuronb.pipeline.reproduce import reproduce_model, EXPECTED_TO_DIFFER
+    r = reproduce_model(args.dir, args.version, into=args.into, anyway=args.anyway, echo=None if args.json else print)
+    if args.json:
+        _print_json({'version': r.version, 'run_id': r.run_id, 'stages': r.stages, 'folder': r.folder, 'new_run': r.new_run,
+                     'matches': r.matches, 'changed_inputs': r.changed,
+                     'metrics': {s: {k: {'original': a, 'reproduced': b} for k, (a, b) in m.items()} for s, m in r.metrics.items()},
+                     'mismatches': [{'stage': s, 'metric': k, 'original': a, 'reproduced': b} for s, k, a, b in r.mismatches]})
+        return 0 if r.matches else 1
+    fmt = lambda v: f'{v:.6g}' if isinstance(v, float) else '-' if v is None else str(v)
+    print(f"\n{'stage':<10} {'metric':<24} {'original':>14} {'reproduced':>14}")
+    for s, m in r.metrics.items():
+        for k, (a, b) in m.items():
+            mark = '' if a == b else '  (not compared: depends on the registry)' if k in EXPECTED_TO_DIFFER else '  DIFFERS'
+            print(f"{s:<10} {k:<24} {fmt(a):>14} {fmt(b):>14}{mark}")
+    if r.changed: print(f"Inputs changed since the run (--anyway): {', '.join(r.changed)}")
+    same = r.metrics.get(r.stage, {}).get('model_version', (None, None))
+    if r.matches:
+        print(f"Reproduced {r.version} exactly: every metric of {', '.join(r.stages)} matches"
+              + (f", and the rebuilt model is the same version (the same weights, byte for byte)" if same[0] and same[0] == same[1] else '')
+              + f". Scratch project: {os.path.relpath(r.folder)}")
+        return 0
+    print(f"NOT reproduced: {len(r.mismatches)} metric(s) differ" + (" and inputs changed" if r.changed else '')
+          + f"; compare the notebooks in {os.path.relpath(r.folder/'runs'/r.new_run)} with the run's own ({r.run_id})", file=sys.stderr)
+    return 1
 
 # %% ../nbs/90_cli.ipynb #e970842f
 def _data_parser(sub):

@@ -123,6 +123,31 @@ def test_a_bad_training_run_never_becomes_champion(example):
     assert json.loads((root/'data/models/champion.json').read_text())['version'] == before
 
 
+def test_models_reproduce_rebuilds_the_champion_exactly(example):
+    "The champion rebuilt from its run's notebooks, parameters and data version: every metric and its version equal."
+    root, _ = example
+    champ = json.loads((root/'data/models/champion.json').read_text())['version']
+    untouched = lambda: (sorted((root/'runs').iterdir()), sorted((root/'data/models/events').iterdir()))
+    before = untouched()
+    out = neuronb('models', '--dir', root, 'reproduce', '@champion', '--json')
+    assert out.returncode == 0, out.stdout + out.stderr
+    r = json.loads(out.stdout)
+    assert r['matches'] and r['version'] == champ and r['stages'] == ['label', 'prepare', 'train'], r
+    assert r['metrics']['train']['model_version'] == {'original': champ, 'reproduced': champ}   # the same bundle, byte for byte
+    acc = r['metrics']['train']['test_accuracy']
+    assert acc['original'] == acc['reproduced'] and acc['original'] > 0
+    assert untouched() == before                       # the project's runs, models and aliases are not touched
+    assert Path(r['folder']) == root/'.neuronb/reproduce'/champ and (Path(r['folder'])/'pipeline.yaml').is_file()
+    crowd = root/'crowd/crowd_results.csv'
+    text = crowd.read_text()
+    try:
+        crowd.write_text(text + '\n')                  # an input changed since the run: refused, by name
+        out = neuronb('models', '--dir', root, 'reproduce')
+        assert out.returncode == 1 and 'crowd/crowd_results.csv (read by label)' in out.stderr and '--anyway' in out.stderr, out.stderr
+        assert 'Traceback' not in out.stderr
+    finally: crowd.write_text(text)
+
+
 def test_bad_override_is_refused_before_anything_runs(example):
     root, _ = example
     before = sorted((root/'runs').iterdir())
