@@ -423,8 +423,10 @@ def _print_champion(project):
     if not store.exists('models/events'): return
     champ = aliases(store).get('champion')
     if not champ: return print("No champion yet: no model has passed the promotion gate (`neuronb models list` says why)")
+    where = shlex.quote(os.path.relpath(project.root))
     print(f"Champion: {champ} ({_fmt_metrics(lineage(store, champ).get('metrics'))}); "
-          f"`neuronb models --dir {shlex.quote(os.path.relpath(project.root))} list` shows every version and the gate's decisions")
+          f"`neuronb models --dir {where} list` shows every version and the gate's decisions")
+    print(f"Serve it over HTTP: neuronb serve {where}   (POST /predict, docs at http://127.0.0.1:8000/docs)")
 
 def cmd_demo(args):
     from neuronb.demo import serve_demo

@@ -50,6 +50,7 @@ def test_pipeline_runs_every_stage(example):
     assert latest['version'] == metrics['train']['model_version']
     assert metrics['train']['promoted'] is True   # the first model past the gate's min becomes champion
     assert f"Champion: {latest['version']} (test_accuracy" in run.stdout
+    assert f"Serve it over HTTP: neuronb serve " in run.stdout       # `make run` ends with the champion and how to serve it
     assert not list(root.rglob('*.pkl')) and not list(root.rglob('*.pth'))  # weights + JSON, never a pickle
 
 
@@ -241,3 +242,31 @@ def test_demo_without_a_model_says_what_to_do(tmp_path):
     assert made.returncode == 0
     out = neuronb('demo', tmp_path/'fresh', '--port', str(_free_port()))
     assert out.returncode == 1 and 'run the pipeline first' in out.stderr
+
+
+def test_neuronb_serve_answers_with_an_id_the_prediction_log_keeps(example):
+    "`neuronb serve` of the example: an uploaded held-out digit gets the champion's answer, and its id is in the log after SIGTERM."
+    import httpx
+    from neuronb.pipeline.project import load_project
+    from neuronb.serve import prediction_log
+    root, _ = example
+    champ = json.loads((root/'data/models/champion.json').read_text())['version']
+    port = _free_port()
+    proc = subprocess.Popen([str(BIN/'neuronb'), 'serve', str(root), '--port', str(port)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_port(port, proc)
+        with httpx.Client(base_url=f'http://127.0.0.1:{port}', timeout=60) as c:
+            end = time.time() + 60
+            while c.get('/ready').status_code != 200:     # listening; the model may still be loading
+                assert time.time() < end and proc.poll() is None, 'the server never became ready'
+                time.sleep(0.1)
+            r = c.post('/predict', files=[('file', ('digit.png', _digit_on_paper(root), 'image/png'))])
+    finally:
+        assert stop_server(proc) == [], "the server left processes behind"
+    assert r.status_code == 200, r.text
+    (pred,) = r.json()['predictions']
+    assert r.json()['model'] == champ and pred['label'] in [str(i) for i in range(10)]
+    log = prediction_log(load_project(root).store())
+    row = log[log.id == pred['id']]
+    assert len(row) == 1 and row.iloc[0].model == champ and row.iloc[0].label == pred['label']
