@@ -9,16 +9,17 @@ from pathlib import Path
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['UPLOAD_LIMIT', 'UPLOAD_LIMIT_ENV', 'MARKER_ENV', 'TEMPLATE', 'template_root', 'websocket_limit', 'megabytes',
-           'voila_config', 'set_xsrf_cookie', 'write_config', 'check_port', 'voila_server_command', 'voila_env',
-           'start_voila', 'wait_listening', 'processes_with_env', 'stop_voila', 'Stopped', 'raise_stopped',
-           'on_sigterm']
+__all__ = ['UPLOAD_LIMIT', 'UPLOAD_LIMIT_ENV', 'MARKER_ENV', 'TEMPLATE', 'KERNEL_MANAGER', 'template_root', 'websocket_limit',
+           'megabytes', 'voila_config', 'header_env', 'set_xsrf_cookie', 'write_config', 'check_port',
+           'voila_server_command', 'voila_env', 'start_voila', 'wait_listening', 'processes_with_env', 'stop_voila',
+           'Stopped', 'raise_stopped', 'on_sigterm']
 
 # %% ../nbs/71_voila.ipynb #94ea6319
 UPLOAD_LIMIT = 20 << 20          # bytes: the largest file a served page accepts
 UPLOAD_LIMIT_ENV = 'NEURONB_UPLOAD_LIMIT'  # tells the kernels the limit, so the app states and enforces it
 MARKER_ENV = 'NEURONB_VOILA'     # unique to one server, inherited by Voila and every kernel: what to sweep up at the end
 TEMPLATE = 'neuronb'             # Voila's lab template with nothing fetched off the machine
+KERNEL_MANAGER = 'neuronb.kernel_manager.CappedKernelManager'   # imported by Voila, by name, in its own process
 
 def template_root() -> Path:
     "The Jupyter data folder that holds the `neuronb` Voila template (`voila/templates/neuronb`)."
@@ -39,19 +40,30 @@ def voila_config(port,                      # the port Voila listens on (never a
                  cull_idle=900,             # seconds after which an idle kernel is shut down
                  cull_interval=60,          # seconds between checks for idle kernels
                  upload_limit=UPLOAD_LIMIT, # bytes: the largest upload a page accepts
-                 kernel_manager='neuronb.voila.CappedKernelManager',
-                 cap_message="All {n} demo sessions are in use; try again in a few minutes") -> dict:
+                 cap_message="All {n} demo sessions are in use; try again in a few minutes",
+                 person_header=None,        # a request header naming who visits (set by the gate), passed on to kernels
+                 max_per_person=0,          # most live kernels of one person (0: no limit; needs `person_header`)
+                 person_message=None,       # the page's message at one person's cap ({n}: the cap)
+                 preheat=0,                 # kernels kept ready, each with the notebook run up to `wait_for_request()`
+                 log_level=None) -> dict:   # Voila's log level ('WARN' keeps a server's log to what matters)
     "The Voila configuration of a neuronb server (the JSON of a `voila.json`)."
-    km = kernel_manager.rsplit('.', 1)[1]
     voila = {'port': port, 'ip': ip, 'port_retries': 0, 'open_browser': False,
              'tornado_settings': {'websocket_max_message_size': websocket_limit(upload_limit)}}
     if token: voila['token'] = token
-    return {'Voila': voila,
-            'VoilaConfiguration': {'multi_kernel_manager_class': kernel_manager, 'template': TEMPLATE, 'theme': 'light',
-                                   'show_tracebacks': False, 'allow_template_override': 'NO', 'allow_theme_override': 'NO',
-                                   'file_allowlist': []},
-            km: {'max_kernels': max_kernels, 'cap_message': cap_message, 'cull_idle_timeout': cull_idle,
-                 'cull_interval': cull_interval, 'cull_connected': True}}
+    if log_level: voila['log_level'] = log_level
+    km = {'max_kernels': max_kernels, 'cap_message': cap_message, 'cull_idle_timeout': cull_idle,
+          'cull_interval': cull_interval, 'cull_connected': True}
+    conf = {'multi_kernel_manager_class': KERNEL_MANAGER, 'template': TEMPLATE, 'theme': 'light',
+            'show_tracebacks': False, 'allow_template_override': 'NO', 'allow_theme_override': 'NO', 'file_allowlist': []}
+    if person_header:
+        conf['http_header_envs'] = [person_header]
+        km.update(owner_env=header_env(person_header), max_per_owner=max_per_person, **({'owner_message': person_message} if person_message else {}))
+    if preheat: conf.update(preheat_kernel=True, default_pool_size=preheat)
+    return {'Voila': voila, 'VoilaConfiguration': conf, 'CappedKernelManager': km}
+
+def header_env(header:str) -> str:
+    "The kernel environment variable Voila sets from request `header` (RFC 3875: `X-Who` is `HTTP_X_WHO`)."
+    return 'HTTP_' + header.upper().replace('-', '_')
 
 # %% ../nbs/71_voila.ipynb #0219c4d7
 def set_xsrf_cookie(handler, notebook=None, cwd=None):
@@ -61,49 +73,12 @@ def set_xsrf_cookie(handler, notebook=None, cwd=None):
 _HOOK_CONFIG = "c.VoilaConfiguration.prelaunch_hook = __import__('neuronb.voila', fromlist=['_']).set_xsrf_cookie\n"
 
 def write_config(folder, config) -> Path:
-    "Write `config` as `voila.json` (and the hook as `voila.py`) into `folder`, readable by its owner only."
+    "Write `config` as `voila.json` (and, unless it preheats, the hook as `voila.py`) into `folder`, readable by its owner only."
     folder = Path(folder)
-    for name, text in (('voila.json', json.dumps(config)), ('voila.py', _HOOK_CONFIG)):
+    hook = '' if config.get('VoilaConfiguration', {}).get('preheat_kernel') else _HOOK_CONFIG
+    for name, text in (('voila.json', json.dumps(config)), ('voila.py', hook)):
         (folder/name).write_text(text); os.chmod(folder/name, 0o600)
     return folder
-
-# %% ../nbs/71_voila.ipynb #1bee71c7
-def _make_capped():
-    from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
-    from tornado.web import HTTPError
-    from traitlets import Integer, Unicode
-
-    class CappedKernelManager(AsyncMappingKernelManager):
-        "Voila's kernel manager with a cap on live kernels."
-        max_kernels = Integer(8, config=True, help="most live kernels")
-        cap_message = Unicode("All {n} sessions are in use; try again in a few minutes", config=True,
-                              help="the page's message at the cap ({n}: the cap)")
-
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self._starting = []   # the environments of kernels being started
-
-        def check_cap(self, env):
-            "Raise HTTP 503 when one more kernel would pass the cap; subclasses add their own limits."
-            if len(self.list_kernel_ids()) + len(self._starting) >= self.max_kernels:
-                raise HTTPError(503, reason=self.cap_message.format(n=self.max_kernels))
-
-        async def start_kernel(self, *args, kernel_id=None, **kwargs):
-            if kernel_id is not None and kernel_id in self: return await super().start_kernel(*args, kernel_id=kernel_id, **kwargs)
-            env = kwargs.get('env') or {}
-            self.check_cap(env)
-            self._starting.append(env)
-            try: return await super().start_kernel(*args, kernel_id=kernel_id, **kwargs)
-            finally: self._starting.remove(env)
-
-    return CappedKernelManager
-
-_LAZY = {}
-def __getattr__(name):
-    "`CappedKernelManager`, made on first access (Voila imports it by its dotted name)."
-    if name != 'CappedKernelManager': raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if name not in _LAZY: _LAZY[name] = _make_capped()
-    return _LAZY[name]
 
 # %% ../nbs/71_voila.ipynb #4b288dcf
 def check_port(ip, port) -> None:

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/24_label.serve.ipynb #b98082ad
 from __future__ import annotations
-import asyncio, hashlib, hmac, html, json, os, re, secrets, signal, socket, subprocess, sys, tempfile, time
+import asyncio, hashlib, html, json, os, re, secrets, signal, socket, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
 from pathlib import Path
 from ..core import ConfigError, DataError, ParameterError, NeuronbError, atomic_write, utc_now
@@ -12,7 +12,7 @@ from ..core import ConfigError, DataError, ParameterError, NeuronbError, atomic_
 # %% auto #0
 __all__ = ['JOB_ENV', 'ANNOTATOR_HEADER', 'ANNOTATOR_ENV', 'labeling_settings', 'check_annotators', 'check_overlap',
            'assign_queues', 'new_token', 'token_hash', 'job_path', 'make_job', 'write_job', 'read_job',
-           'served_annotator', 'labeling_app', 'GateState', 'gate_app', 'voila_config', 'serve_labeling']
+           'served_annotator', 'labeling_app', 'voila_config', 'serve_labeling']
 
 # %% ../../nbs/24_label.serve.ipynb #be8daa2c
 def _pipeline_file(project) -> Path: return Path(project.root)/'pipeline.yaml'
@@ -76,10 +76,10 @@ ANNOTATOR_HEADER = 'X-Neuronb-Annotator'      # set by the gate; Voila passes it
 ANNOTATOR_ENV = 'HTTP_X_NEURONB_ANNOTATOR'    # ... as this environment variable
 
 def new_token() -> str:
-    "A fresh random access token (192 bits, URL-safe)."
+    "A fresh random access token (192 bits, URL-safe): what the gate's links carry (`neuronb.gate.new_token`)."
     return secrets.token_urlsafe(24)
 
-def token_hash(token:str) -> str: return hashlib.sha256(token.encode('utf-8')).hexdigest()
+def token_hash(token:str) -> str: return hashlib.sha256(token.encode('utf-8')).hexdigest()   # as `neuronb.gate.token_hash`
 
 def job_path(project, port) -> Path: return Path(project.root)/'.neuronb'/'labeling'/f'job-{port}.json'
 
@@ -152,52 +152,6 @@ def _show_instructions(app, text):
     note.add_class('nb-instructions')
     app.widget.children = (note, *app.widget.children)
 
-# %% ../../nbs/24_label.serve.ipynb #88c2572f
-def _make_kernel_manager():
-    from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
-    from tornado.web import HTTPError
-    from traitlets import Integer
-
-    class LabelingKernelManager(AsyncMappingKernelManager):
-        "Voila's kernel manager with a cap on live kernels, in all and per annotator."
-        max_kernels = Integer(8, config=True, help="most live kernels in all")
-        max_per_annotator = Integer(2, config=True, help="most live kernels of one annotator")
-
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self._owners, self._starting = {}, []  # kernel id -> annotator; annotators whose kernels are starting
-
-        def _live(self) -> list:
-            ids = set(self.list_kernel_ids())
-            self._owners = {k: a for k, a in self._owners.items() if k in ids}
-            return list(self._owners.values()) + self._starting
-
-        def _check_cap(self, who):
-            live = self._live()
-            if len(self.list_kernel_ids()) + len(self._starting) >= self.max_kernels:
-                raise HTTPError(503, reason=f"All {self.max_kernels} labeling sessions are in use; try again in a few minutes")
-            if who is not None and live.count(who) >= self.max_per_annotator:
-                raise HTTPError(503, reason=f"You already have {self.max_per_annotator} labeling tabs open; close one and reload this page")
-
-        async def start_kernel(self, *args, kernel_id=None, **kwargs):
-            if kernel_id is not None and kernel_id in self: return await super().start_kernel(*args, kernel_id=kernel_id, **kwargs)
-            who = (kwargs.get('env') or {}).get(ANNOTATOR_ENV)
-            self._check_cap(who)
-            self._starting.append(who)
-            try: kid = await super().start_kernel(*args, kernel_id=kernel_id, **kwargs)
-            finally: self._starting.remove(who)
-            self._owners[kid] = who
-            return kid
-
-    return LabelingKernelManager
-
-_LAZY = {}
-def __getattr__(name):
-    "`LabelingKernelManager`, made on first access (Voila imports it by its dotted name)."
-    if name != 'LabelingKernelManager': raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if name not in _LAZY: _LAZY[name] = _make_kernel_manager()
-    return _LAZY[name]
-
 # %% ../../nbs/24_label.serve.ipynb #634b0617
 _KID = r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
 _SEG = r'(?:/[A-Za-z0-9_@+~-][A-Za-z0-9._@+~-]*)'
@@ -214,187 +168,14 @@ def _route(path:str) -> tuple|None:
         if m := pattern.fullmatch(path): return kind, methods, (m.group(1) if m.groups() else None)
     return None
 
-# %% ../../nbs/24_label.serve.ipynb #99a9c9c6
-class GateState:
-    "What the gate knows: the token hashes, Voila's port and secret, and whose kernels are whose."
-    def __init__(self, hashes, upstream_port, secret, cookie='neuronb_label'):
-        self.hashes, self.upstream, self.secret, self.cookie = dict(hashes), upstream_port, secret, cookie
-        self.kernels = {}  # kernel id -> annotator, learned from the page that started it
-
-    def annotator(self, token) -> str|None:
-        "The annotator `token` belongs to, or None."
-        if not token: return None
-        h = token_hash(token)
-        found = [a for a, ah in self.hashes.items() if hmac.compare_digest(h, ah)]
-        return found[0] if found else None
-
-# %% ../../nbs/24_label.serve.ipynb #57a441c8
-_HOP = {'connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding',
-        'upgrade', 'cookie', 'authorization', 'content-length', 'host'}
-_KERNEL_IN_PAGE = re.compile(rb'"kernelId":\s*"(' + _KID.encode() + rb')"')
-
-def _quiet(fut): return fut.cancelled() or fut.exception()
-
-def _is_annotator_header(name) -> bool: return name.lower().replace('_', '-') == ANNOTATOR_HEADER.lower()
-
-def _upstream_headers(headers, state, who) -> dict:
-    "The request headers to send to Voila for annotator `who`."
-    out = {k: v for k, v in headers.get_all() if k.lower() not in _HOP and not _is_annotator_header(k)}
-    out.update({'Authorization': f'token {state.secret}', ANNOTATOR_HEADER: who, 'Host': headers.get('Host', '')})
-    return out
-
-def _query_without_token(query:str) -> str:
-    from urllib.parse import parse_qsl, urlencode
-    return urlencode([(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != 'token'])
-
-_PAGE_CSS = 'font-family:system-ui,sans-serif;max-width:36em;margin:4em auto;line-height:1.5'
-def _message_page(title, text) -> str:
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
-            f'<body style="{_PAGE_CSS}"><h2 class="nb-refused">{html.escape(title)}</h2><p class="nb-refused-reason">{html.escape(text)}</p></body></html>')
-
-# %% ../../nbs/24_label.serve.ipynb #a070f84e
-def _gate_handlers(state):
-    "The gate's two tornado handlers, bound to `state`."
-    import tornado.web, tornado.websocket
-    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-    from tornado.httputil import HTTPHeaders, parse_response_start_line
-
-    def identify(handler):
-        "`(annotator, token)` of a request, annotator None when refused."
-        token = handler.get_query_argument('token', None)
-        if token is None: token = handler.get_cookie(state.cookie)
-        return state.annotator(token), token
-
-    def refuse(handler, status, title, text):
-        handler.clear(); handler.set_status(status)
-        handler.set_header('Content-Type', 'text/html; charset=utf-8')
-        handler.finish(_message_page(title, text))
-
-    def check(handler, kind, kid):
-        "The annotator if the request may pass, else None after answering it."
-        who, token = identify(handler)
-        if who is None:
-            refuse(handler, 403, 'This link is not valid', 'Open the private labeling link you were sent (it ends in ?token=...). '
-                   'If it stopped working, the labeling server was restarted: ask for your new link.')
-            return None
-        if kind in ('kernel', 'channels') and state.kernels.get(kid) != who:
-            refuse(handler, 403, 'Not your session', 'This labeling session belongs to someone else.')
-            return None
-        if handler.get_query_argument('token', None) is not None:  # log in: later requests carry the cookie
-            handler.set_cookie(state.cookie, token, httponly=True, samesite='Strict', path='/')
-        return who
-
-    class Gate(tornado.web.RequestHandler):
-        SUPPORTED_METHODS = ('GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS')
-        def set_default_headers(self):
-            for k, v in (('X-Content-Type-Options', 'nosniff'), ('Referrer-Policy', 'no-referrer'),
-                         ('Content-Security-Policy', "frame-ancestors 'none'"), ('Server', 'neuronb')): self.set_header(k, v)
-        def compute_etag(self): return None
-
-        async def prepare(self):
-            route = _route(self.request.path)
-            kind, methods, kid = route or (None, (), None)
-            if not (who := check(self, kind, kid)): return
-            if route is None: return refuse(self, 404, 'Not found', 'Only the labeling page is served here.')
-            if self.request.method not in methods: return refuse(self, 405, 'Not allowed', 'This request is not part of the labeling app.')
-            await self._forward(who, kind)
-
-        async def _forward(self, who, kind):
-            query = _query_without_token(self.request.query)
-            url = f"http://127.0.0.1:{state.upstream}{self.request.path}" + (f"?{query}" if query else '')
-            self._head, self._status, self._refused, self._scan = [], None, None, (b'' if kind == 'page' else None)
-            self._who = who
-            req = HTTPRequest(url, method=self.request.method, headers=_upstream_headers(self.request.headers, state, who),
-                              body=self.request.body if self.request.method == 'POST' else None, follow_redirects=False,
-                              decompress_response=False, header_callback=self._on_header, streaming_callback=self._on_chunk,
-                              connect_timeout=10, request_timeout=3600)
-            try: await AsyncHTTPClient().fetch(req, raise_error=False)
-            except Exception:
-                if not self._headers_written: return refuse(self, 502, 'The labeling app is not available', 'Try again in a minute.')
-            if self._refused is not None:
-                return refuse(self, 503, 'No labeling session free', self._refused)
-            if not self._finished: self.finish()
-
-        def _on_header(self, line):
-            if self._status is None or line.startswith('HTTP/'):
-                start = parse_response_start_line(line.strip())
-                self._status, self._reason, self._head = start.code, start.reason, []
-            elif line.strip(): self._head.append(line)
-            elif self._status >= 200: self._start_response()
-
-        def _start_response(self):
-            if self._scan is not None and self._status == 503:
-                self._refused = self._reason; return
-            self.set_status(self._status, self._reason or None)
-            for k, v in HTTPHeaders.parse(''.join(self._head)).get_all():
-                if k.lower() not in ('set-cookie', 'connection', 'transfer-encoding', 'server', 'keep-alive'): self.add_header(k, v)
-
-        def _on_chunk(self, chunk):
-            if self._refused is not None or self._finished: return
-            if self._scan is not None:  # learn which kernel this page started, for the annotator it was started for
-                self._scan = (self._scan + chunk)[-4096:]
-                if m := _KERNEL_IN_PAGE.search(self._scan):
-                    state.kernels[m.group(1).decode()] = self._who; self._scan = None
-            self.write(chunk)
-            self.flush().add_done_callback(_quiet)  # a labeler who closed the tab is no error
-
-        async def get(self): pass      # prepare() answered already
-        head = post = put = delete = patch = options = get
-
-    class Channels(tornado.websocket.WebSocketHandler):
-        "A kernel's websocket, relayed message by message to Voila's."
-        async def get(self, kid):
-            who = check(self, 'channels', kid)
-            if not who: return
-            protos = [p.strip() for p in self.request.headers.get('Sec-WebSocket-Protocol', '').split(',') if p.strip()]
-            query = self.request.query
-            req = HTTPRequest(f"ws://127.0.0.1:{state.upstream}{self.request.path}" + (f"?{query}" if query else ''),
-                              headers={'Authorization': f'token {state.secret}'}, connect_timeout=10)
-            self._pending, self._open = [], False
-            try: self.up = await tornado.websocket.websocket_connect(req, subprotocols=protos or None, ping_interval=30, ping_timeout=30,
-                                                                   on_message_callback=self._down, max_message_size=256 << 20)
-            except Exception: return refuse(self, 502, 'The labeling app is not available', 'Try again in a minute.')
-            await super().get(kid)
-
-        def select_subprotocol(self, subprotocols): return self.up.selected_subprotocol
-        def check_origin(self, origin):  # the page itself only: the origin must be this very host
-            from urllib.parse import urlparse
-            return urlparse(origin).netloc == self.request.headers.get('Host')
-        def open(self, kid):
-            self._open = True
-            for m in self._pending: self._down(m)
-            self._pending = []
-        def _down(self, m):
-            if not self._open: return self._pending.append(m)
-            if m is None: return self.close()
-            try: self.write_message(m, binary=isinstance(m, bytes))
-            except tornado.websocket.WebSocketClosedError: self.up.close()
-        def on_message(self, m): self.up.write_message(m, binary=isinstance(m, bytes))
-        def on_close(self):
-            if getattr(self, 'up', None): self.up.close()
-
-    return Gate, Channels
-
-def gate_app(state):
-    "The gate: a tornado application forwarding only the labeling app to Voila on `state.upstream`."
-    import tornado.web
-    from tornado.httpclient import AsyncHTTPClient
-    AsyncHTTPClient.configure(None, max_clients=64)  # labelers load pages and assets at the same time
-    Gate, Channels = _gate_handlers(state)
-    return tornado.web.Application([(rf'/api/kernels/({_KID})/channels', Channels), (r'.*', Gate)],
-                                   websocket_ping_interval=30, websocket_ping_timeout=30, websocket_max_message_size=64 << 20)
-
 # %% ../../nbs/24_label.serve.ipynb #a5ebc3c9
 def voila_config(secret, port, max_kernels, max_per_annotator, cull_idle, cull_interval) -> dict:
-    "The Voila configuration of a labeling server."
-    from neuronb.voila import TEMPLATE
-    return {'Voila': {'token': secret, 'ip': '127.0.0.1', 'port': port, 'port_retries': 0, 'open_browser': False, 'log_level': 'WARN'},
-            'VoilaConfiguration': {'multi_kernel_manager_class': 'neuronb.label.serve.LabelingKernelManager',
-                                   'http_header_envs': [ANNOTATOR_HEADER], 'show_tracebacks': False,
-                                   'template': TEMPLATE, 'theme': 'light',   # nothing fetched off the machine
-                                   'allow_template_override': 'NO', 'allow_theme_override': 'NO', 'file_allowlist': []},
-            'LabelingKernelManager': {'max_kernels': max_kernels, 'max_per_annotator': max_per_annotator,
-                                      'cull_idle_timeout': cull_idle, 'cull_interval': cull_interval, 'cull_connected': True}}
+    "The Voila configuration of a labeling server: loopback, its secret, the annotator header, both caps."
+    from neuronb import voila
+    return voila.voila_config(port, '127.0.0.1', secret, max_kernels, cull_idle, cull_interval, log_level='WARN',
+                              cap_message="All {n} labeling sessions are in use; try again in a few minutes",
+                              person_header=ANNOTATOR_HEADER, max_per_person=max_per_annotator,
+                              person_message="You already have {n} labeling tabs open; close one and reload this page")
 
 # %% ../../nbs/24_label.serve.ipynb #d1d98c2b
 def _free_port() -> int:
@@ -418,27 +199,8 @@ def _stop(proc, marker, timeout=20):
 
 # %% ../../nbs/24_label.serve.ipynb #9f0cc46b
 def _links(annotators, tokens, ip, port) -> dict:
-    from neuronb.demo import demo_link
-    return {a: demo_link(port, ip, tokens[a]) for a in annotators}
-
-def _bind(ip, port) -> list:
-    "Listening sockets on `ip:port`, taken before anything starts so a busy port fails at once."
-    from tornado.netutil import bind_sockets
-    try: return bind_sockets(port, ip)
-    except OSError as e: raise ConfigError(f"cannot listen on {ip}:{port} ({e.strerror}); pick another port with --port") from None
-
-async def _run_gate(state, sockets, on_ready):
-    "Serve the gate on `sockets` until SIGINT or SIGTERM."
-    from tornado.httpserver import HTTPServer
-    server = HTTPServer(gate_app(state), max_body_size=1 << 20, xheaders=False)
-    server.add_sockets(sockets)
-    stop, loop = asyncio.Event(), asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try: loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError): pass  # not the main thread: Ctrl-C still interrupts
-    on_ready()
-    try: await stop.wait()
-    finally: server.stop()
+    from neuronb.gate import private_link
+    return {a: private_link(port, ip, tokens[a]) for a in annotators}
 
 # %% ../../nbs/24_label.serve.ipynb #05dbb009
 def _uncertain_first(store, items, echo):
@@ -474,16 +236,6 @@ def _print_links(job, tokens, ip, port, echo):
     if not _is_loopback(ip):
         echo("Note: these links travel as plain HTTP; across an untrusted network put a TLS proxy in front or use an SSH tunnel.", flush=True)
 
-# %% ../../nbs/24_label.serve.ipynb #dd4967d6
-class _Stopped(KeyboardInterrupt): "SIGTERM, handled like Ctrl-C."
-
-def _raise_stopped(signum, frame): raise _Stopped()
-
-def _on_sigterm(handler):
-    "Install `handler` for SIGTERM where this thread may; the previous handler (or None)."
-    try: return signal.signal(signal.SIGTERM, handler)
-    except ValueError: return None  # not the main thread
-
 # %% ../../nbs/24_label.serve.ipynb #741cd30e
 def serve_labeling(project=None,        # a `Project` or a path inside one (default: the working directory's)
                    annotators=(),       # annotator names: a list or 'alice,bob,carol'
@@ -498,10 +250,11 @@ def serve_labeling(project=None,        # a `Project` or a path inside one (defa
                    echo=print):         # where the links and messages go
     "Serve the project's labeling notebook to `annotators`, one private link each, until Ctrl-C or SIGTERM; returns 0."
     from neuronb.pipeline.project import load_project
+    from neuronb import gate, voila
     project = project if hasattr(project, 'labeling') else load_project(project)
     settings, annotators = labeling_settings(project), check_annotators(annotators)
     overlap = check_overlap(settings['overlap'] if overlap is None else overlap, annotators)
-    sockets, proc, job_file, previous = _bind(ip, port), None, None, _on_sigterm(_raise_stopped)
+    sockets, proc, job_file, previous = gate.bind(ip, port), None, None, voila.on_sigterm(voila.raise_stopped)
     try:
         job, tokens, job_file = _start_job(project, settings, annotators, overlap, port, uncertain_first, echo)
         upstream, secret = _free_port(), secrets.token_urlsafe(32)
@@ -509,12 +262,13 @@ def serve_labeling(project=None,        # a `Project` or a path inside one (defa
         with tempfile.TemporaryDirectory(prefix='neuronb-label-') as conf:
             proc, log = _start_voila(Path(project.root)/settings['notebook'], job_file, config, conf)
             _wait_listening(upstream, proc, log)
-        state = GateState({a: token_hash(t) for a, t in tokens.items()}, upstream, secret, cookie=f'neuronb_label_{port}')
-        asyncio.run(_run_gate(state, sockets, lambda: _print_links(job, tokens, ip, port, echo)))
+        state = gate.GateState({a: token_hash(t) for a, t in tokens.items()}, upstream, secret, cookie=f'neuronb_label_{port}',
+                               header=ANNOTATOR_HEADER, what='labeling')
+        asyncio.run(gate.run_gate(state, sockets, lambda: _print_links(job, tokens, ip, port, echo)))
     except KeyboardInterrupt: pass
     finally:
-        _on_sigterm(signal.SIG_IGN)  # asyncio dropped its handler; a second SIGTERM must not cut the cleanup short
+        voila.on_sigterm(signal.SIG_IGN)  # asyncio dropped its handler; a second SIGTERM must not cut the cleanup short
         if proc is not None: _stop(proc, str(job_file))
         for sock in sockets: sock.close()
-        if previous is not None: _on_sigterm(previous)
+        if previous is not None: voila.on_sigterm(previous)
     return 0
