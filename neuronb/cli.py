@@ -58,12 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--force', action='store_true', help='run every considered stage even if it is up to date')
     s.add_argument('-j', '--jobs', type=int, default=1, metavar='N', help='run up to N independent stages at once (default: 1)')
     s.add_argument('--wait', action='store_true', help='if another writer holds the project, wait for it instead of refusing')
-    s = sub.add_parser('demo', help='serve the demo notebook as a web app with Voila',
-                       description='Serve the project\'s demo notebook (and nothing else) with Voila and print its link.')
+    s = sub.add_parser('demo', help='serve the demo notebook as a web app with Voila, one private link per stakeholder',
+                       description='Serve the project\'s demo notebook (and nothing else) with Voila behind private links, '
+                                   'pages preheated with the model loaded, and print the links.')
     s.add_argument('dir', metavar='DIR', nargs='?', default='.', help='the project folder (default: current folder)')
+    s.add_argument('--share', metavar='NAMES', help='who gets a private link, e.g. sponsor,qa (default: one link, "demo")')
+    s.add_argument('--ttl', metavar='TIME', help='links expire after this long: 30m, 12h, 7d (default: while the server runs)')
     s.add_argument('--port', type=int, default=8866, help='port to listen on (default: 8866)')
-    s.add_argument('--ip', default='127.0.0.1', help='interface to bind (default: 127.0.0.1; others require a token)')
-    s.add_argument('--token', help='access token required in the link (generated when --ip is not loopback)')
+    s.add_argument('--ip', default='127.0.0.1', help='interface to bind (default: 127.0.0.1; 0.0.0.0: every interface)')
+    s.add_argument('--preheat', type=int, metavar='N', help='pages kept ready with the model loaded (default: 2)')
     s.add_argument('--max-kernels', type=int, default=8, metavar='N', help='most visitors at once, each with a kernel holding the model (default: 8)')
     s.add_argument('--cull-idle', type=int, default=900, metavar='SECONDS', help="shut an idle visitor's kernel down after this long (default: 900)")
     s = sub.add_parser('status', help='show which stages are up to date, which are stale and why',
@@ -430,7 +433,8 @@ def _print_champion(project):
 
 def cmd_demo(args):
     from neuronb.demo import serve_demo
-    return serve_demo(args.dir, port=args.port, ip=args.ip, token=args.token, max_kernels=args.max_kernels, cull_idle=args.cull_idle)
+    return serve_demo(args.dir, port=args.port, ip=args.ip, share=args.share, ttl=args.ttl, max_kernels=args.max_kernels,
+                      preheat=args.preheat, cull_idle=args.cull_idle)
 
 # %% ../nbs/90_cli.ipynb #9cb2addf
 def _print_json(obj):

@@ -10,7 +10,8 @@ from .core import ConfigError, DataError, NeuronbError, ParameterError
 from .voila import UPLOAD_LIMIT, UPLOAD_LIMIT_ENV, megabytes
 
 # %% auto #0
-__all__ = ['UNREADABLE', 'test_samples', 'DemoApp', 'too_big', 'demo_app', 'voila_command', 'demo_link', 'serve_demo']
+__all__ = ['UNREADABLE', 'VISITOR_HEADER', 'READY_ENV', 'test_samples', 'DemoApp', 'too_big', 'demo_app', 'wait_for_visitor',
+           'demo_link', 'serve_demo']
 
 # %% ../nbs/70_demo.ipynb #857ea070
 def test_samples(store, n=20, dataset='digits') -> list:
@@ -145,29 +146,35 @@ def demo_app(model_dir, samples=()) -> DemoApp:
     return DemoApp(model_dir, samples)
 
 # %% ../nbs/70_demo.ipynb #fbcccf36
-def _is_loopback(ip) -> bool:
-    try: return ipaddress.ip_address(ip).is_loopback
-    except ValueError: return ip == 'localhost'
+VISITOR_HEADER = 'X-Neuronb-Visitor'    # set by the gate; Voila hands it to the kernel as HTTP_X_NEURONB_VISITOR
+READY_ENV = 'NEURONB_DEMO_READY'        # a folder where each preheated kernel says it is ready
 
-def voila_command(notebook, port=8866, ip='127.0.0.1', token=None) -> list:
-    "The Voila command line that serves `notebook` alone."
-    cmd = [sys.executable, '-m', 'voila', str(notebook), '--no-browser', f'--port={port}', f'--Voila.ip={ip}',
-           '--show_tracebacks=False', '--theme=light']
-    if token: cmd.append(f'--token={token}')
-    return cmd
+def wait_for_visitor() -> str|None:
+    "Where the demo notebook waits, model loaded, until someone opens a link (preheated); the visitor's name, or None outside `neuronb demo`."
+    from neuronb.voila import header_env
+    ready = Path(os.environ[READY_ENV])/os.environ.get('VOILA_KERNEL_ID', 'kernel') if os.environ.get(READY_ENV) else None
+    if os.environ.get('VOILA_PREHEAT') == 'True':
+        from voila.utils import wait_for_request   # costs about 1 s, paid before anyone arrives
+        if ready: ready.touch()
+        try: wait_for_request()
+        finally:
+            if ready: ready.unlink(missing_ok=True)
+    return os.environ.get(header_env(VISITOR_HEADER))
 
 def demo_link(port, ip='127.0.0.1', token=None) -> str:
     "The link to hand out: a server bound to every interface (0.0.0.0, ::) is reached by this machine's name."
-    host = socket.gethostname() if ip in ('0.0.0.0', '::', '') else ip
-    if ':' in host: host = f'[{host}]'   # an IPv6 address in a URL
-    return f"http://{host}:{port}/" + (f"?token={token}" if token else '')
+    from neuronb.gate import private_link
+    return private_link(port, ip, token)
 
 # %% ../nbs/70_demo.ipynb #fad38135
-def _check_serving(max_kernels, cull_idle, upload_limit):
+def _check_serving(max_kernels, cull_idle, upload_limit, preheat=0):
     "Refuse serving settings that cannot work, each with what to pass instead."
     def whole(v): return isinstance(v, int) and not isinstance(v, bool)
     if not whole(max_kernels) or max_kernels < 1:
         raise ParameterError(f"max_kernels must be a whole number of at least 1 (visitors served at once), got {max_kernels!r}; pass e.g. --max-kernels 8")
+    if not whole(preheat) or not 0 <= preheat <= max_kernels:
+        raise ParameterError(f"preheat must be a whole number from 0 to max_kernels ({max_kernels}): the kernels kept ready count "
+                             f"toward the cap; got {preheat!r}; pass e.g. --preheat 2")
     if not whole(cull_idle) or cull_idle < 0:
         raise ParameterError(f"cull_idle must be a whole number of seconds (0: never shut idle kernels down), got {cull_idle!r}; pass e.g. --cull-idle 900")
     if not whole(upload_limit) or upload_limit < 1:
@@ -186,35 +193,77 @@ def _check_demo_ready(project) -> str:
                           f"`neuronb models list` says why, `neuronb models promote VERSION` promotes one by hand")
     return load_model(fetch_model(store, '@champion' if store.exists('models/events') else 'latest'))[1]['version']
 
+def _print_links(project, notebook, version, links, expires, ip, echo):
+    from datetime import datetime, timezone
+    until = f", valid until {datetime.fromtimestamp(expires, timezone.utc):%Y-%m-%d %H:%M} UTC" if expires else ''
+    echo(f"Serving the demo of {project.name} ({notebook.relative_to(project.root)}, model {version}); "
+         f"private links{until} (Ctrl-C stops it):", flush=True)
+    for who, link in links.items(): echo(f"  {who:<12} {link}", flush=True)
+    from neuronb.gate import is_loopback
+    if not is_loopback(ip):
+        echo("Note: these links travel as plain HTTP; across an untrusted network put a TLS proxy in front or use an SSH tunnel.", flush=True)
+
+def _say_when_preheated(ready:Path, n:int, proc, echo, timeout=300):
+    "Say once `n` pooled kernels are ready (each has touched its file in `ready`): from then on a visit is instant."
+    t0, end = time.monotonic(), time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < end:
+        try: found = len(list(ready.iterdir()))
+        except OSError: return    # the server is stopping
+        if found >= n: return echo(f"Preheated: {n} page(s) ready, the model loaded ({time.monotonic() - t0:.1f} s)", flush=True)
+        time.sleep(0.1)
+
 def serve_demo(project=None,     # a `Project` or a path inside one (default: the working directory's)
-               port=8866,        # port to listen on (a busy one is an error, never silently another)
-               ip='127.0.0.1',   # interface to bind; anything but loopback also requires a token
-               token=None,       # access token; generated when binding a non-loopback interface
-               max_kernels=8,    # most visitors served at once (each visit's kernel holds the model)
+               port=8866,        # port visitors connect to (a busy one is an error, never silently another)
+               ip='127.0.0.1',   # interface visitors connect to ('0.0.0.0': every interface)
+               share=None,       # who gets a private link: a list or 'sponsor,qa' (default: one link, 'demo')
+               ttl=None,         # how long the links work: '7d', '12h', '30m', seconds (default: while the server runs)
+               max_kernels=8,    # most kernels at once, the preheated ones included (each holds the model)
+               preheat=None,     # kernels kept ready with the model loaded, at most max_kernels (default: 2, or max_kernels if fewer)
                cull_idle=900,    # seconds after which an idle visit's kernel is shut down
                cull_interval=60, # seconds between checks for idle kernels
                upload_limit=UPLOAD_LIMIT, # bytes: the largest picture a visitor may upload
                echo=print):
-    "Serve the project's demo notebook with Voila until Ctrl-C or SIGTERM, leaving no process behind; prints the link."
+    "Serve the project's demo notebook behind private links until Ctrl-C or SIGTERM, leaving no process behind; prints the links."
+    import asyncio, threading
     from neuronb.pipeline.project import Project, load_project
-    from neuronb import voila
-    _check_serving(max_kernels, cull_idle, upload_limit)
+    from neuronb import gate, voila
+    if preheat is None: preheat = min(2, max_kernels) if isinstance(max_kernels, int) else 0
+    _check_serving(max_kernels, cull_idle, upload_limit, preheat)
+    names, life = gate.check_names(share or ['demo'], 'visitor', '--share'), gate.parse_ttl(ttl)
     project = project if isinstance(project, Project) else load_project(project)
     version = _check_demo_ready(project)
-    if not _is_loopback(ip): token = token or secrets.token_urlsafe(16)
-    voila.check_port(ip, port)
-    notebook, marker = project.root/project.stage('demo').notebook, secrets.token_hex(16)
-    config = voila.voila_config(port, ip, token, max_kernels, cull_idle, cull_interval, upload_limit)
-    proc, previous = None, voila.on_sigterm(voila.raise_stopped)
+    sockets, proc, previous = gate.bind(ip, port), None, voila.on_sigterm(voila.raise_stopped)
+    notebook, marker, secret = project.root/project.stage('demo').notebook, secrets.token_hex(16), secrets.token_urlsafe(32)
+    state_dir = project.root/'.neuronb'/'demo'
     try:
-        with tempfile.TemporaryDirectory(prefix='neuronb-demo-') as conf:   # Voila reads it once, at start
-            proc = voila.start_voila(notebook, voila.write_config(conf, config), voila.voila_env(marker, upload_limit))
-            voila.wait_listening(port, proc, ip=ip)
-        echo(f"Serving the demo of {project.name} ({notebook.relative_to(project.root)}, model {version}); "
-             f"open {demo_link(port, ip, token)}  (Ctrl-C stops it)", flush=True)
-        return proc.wait()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        upstream, tokens = _free_port(), {n: gate.new_token() for n in names}
+        expires = time.time() + life if life else None
+        config = voila.voila_config(upstream, '127.0.0.1', secret, max_kernels, cull_idle, cull_interval, upload_limit,
+                                    person_header=VISITOR_HEADER, preheat=preheat, log_level='WARN')
+        with tempfile.TemporaryDirectory(prefix='neuronb-demo-') as conf, tempfile.TemporaryDirectory(prefix='ready-', dir=state_dir) as ready:
+            log = state_dir/f'voila-{port}.log'
+            log.write_bytes(b'')
+            env = voila.voila_env(marker, upload_limit, extra={READY_ENV: ready})
+            env.pop(voila.header_env(VISITOR_HEADER), None)   # only the gate says who visits
+            proc = voila.start_voila(notebook, voila.write_config(conf, config), env, log)
+            voila.wait_listening(upstream, proc, log)
+            state = gate.GateState({n: (gate.token_hash(t), expires) for n, t in tokens.items()}, upstream, secret,
+                                   cookie=f'neuronb_demo_{port}', header=VISITOR_HEADER, what='demo',
+                                   max_message=voila.websocket_limit(upload_limit))
+            links = {n: demo_link(port, ip, t) for n, t in tokens.items()}
+            def ready_now():
+                _print_links(project, notebook, version, links, expires, ip, echo)
+                if preheat: threading.Thread(target=_say_when_preheated, args=(Path(ready), preheat, proc, echo), daemon=True).start()
+            asyncio.run(gate.run_gate(state, sockets, ready_now))
+        return 0
     except KeyboardInterrupt: return 0
     finally:
-        voila.on_sigterm(signal.SIG_IGN)   # a second SIGTERM must not cut the cleanup short
+        voila.on_sigterm(signal.SIG_IGN)   # asyncio dropped its handler; a second SIGTERM must not cut the cleanup short
         if proc is not None: voila.stop_voila(proc, marker)
+        for sock in sockets: sock.close()
         if previous is not None: voila.on_sigterm(previous)
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]

@@ -9,15 +9,22 @@ from urllib.parse import parse_qsl, urlencode, urlparse
 import tornado.web, tornado.websocket
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httputil import HTTPHeaders, parse_response_start_line
-from .core import ConfigError
+from .core import ConfigError, ParameterError
 
 # %% auto #0
-__all__ = ['KID', 'new_token', 'token_hash', 'private_link', 'route', 'GateState', 'upstream_headers', 'query_without_token',
-           'message_page', 'check_request', 'GateHandler', 'ChannelsHandler', 'gate_app', 'bind', 'run_gate']
+__all__ = ['KID', 'new_token', 'token_hash', 'is_loopback', 'private_link', 'check_names', 'parse_ttl', 'route', 'GateState',
+           'upstream_headers', 'query_without_token', 'message_page', 'check_request', 'GateHandler', 'ChannelsHandler',
+           'gate_app', 'bind', 'run_gate']
 
 # %% ../nbs/73_gate.ipynb #544cbb71
 def new_token() -> str: return secrets.token_urlsafe(24)
 def token_hash(token:str) -> str: return hashlib.sha256(token.encode('utf-8')).hexdigest()
+
+def is_loopback(ip) -> bool:
+    "Whether `ip` is this machine only (127.0.0.1, ::1, localhost)."
+    import ipaddress
+    try: return ipaddress.ip_address(ip).is_loopback
+    except ValueError: return ip == 'localhost'
 
 def private_link(port, ip='127.0.0.1', token=None, path='/') -> str:
     "The link to hand out: a server bound to every interface (0.0.0.0, ::) is reached by this machine's name."
@@ -25,6 +32,31 @@ def private_link(port, ip='127.0.0.1', token=None, path='/') -> str:
     host = socket.gethostname() if ip in ('0.0.0.0', '::', '') else ip
     if ':' in host: host = f'[{host}]'   # an IPv6 address in a URL
     return f"http://{host}:{port}{path}" + (f"?token={token}" if token else '')
+
+# %% ../nbs/73_gate.ipynb #bf0d4b81
+_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$')
+
+def check_names(names, who='annotator', flag='--annotators') -> list:
+    "The names in `names` (a list, or 'a,b,c') as a list, each a plain name and none twice."
+    names = [a.strip() for a in names.split(',')] if isinstance(names, str) else list(names or [])
+    names = [a for a in names if a != '']
+    if not names: raise ParameterError(f"no {who}s given; name them, e.g. `{flag} alice,bob,carol`")
+    for a in names:
+        if not isinstance(a, str) or not _NAME_RE.match(a):
+            raise ParameterError(f"{who} name {a!r} is not a plain name; use letters, digits, '.', '_', '-' or '@' "
+                                 f"(starting with a letter or digit, at most 64 characters)")
+    dup = next((a for a in names if names.count(a) > 1), None)
+    if dup: raise ParameterError(f"{who} {dup!r} is named twice; give each one name")
+    return names
+
+_UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400}
+def parse_ttl(ttl) -> float|None:
+    "Seconds from a lifetime like '90s', '30m', '12h', '7d' (or a number of seconds); None for no expiry."
+    if ttl in (None, '', 0): return None
+    m = re.fullmatch(r'\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*', str(ttl))
+    if not m or float(m.group(1)) <= 0:
+        raise ParameterError(f"a link's lifetime must be like 90s, 30m, 12h or 7d, not {ttl!r}; pass e.g. --ttl 7d")
+    return float(m.group(1)) * _UNITS[m.group(2) or 's']
 
 # %% ../nbs/73_gate.ipynb #9ffaa3ff
 KID = r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'

@@ -32,20 +32,10 @@ def labeling_settings(project) -> dict:
     return cfg
 
 # %% ../../nbs/24_label.serve.ipynb #eb72c3d5
-_ANNOTATOR_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$')
-
 def check_annotators(annotators) -> list:
     "The annotator names as a list, each a plain name and none twice."
-    names = [a.strip() for a in annotators.split(',')] if isinstance(annotators, str) else list(annotators or [])
-    names = [a for a in names if a != '']
-    if not names: raise ParameterError("no annotators given; name them, e.g. `--annotators alice,bob,carol`")
-    for a in names:
-        if not isinstance(a, str) or not _ANNOTATOR_RE.match(a):
-            raise ParameterError(f"annotator name {a!r} is not a plain name; use letters, digits, '.', '_', '-' or '@' "
-                                 f"(starting with a letter or digit, at most 64 characters)")
-    dup = next((a for a in names if names.count(a) > 1), None)
-    if dup: raise ParameterError(f"annotator {dup!r} is named twice; give each labeler one name")
-    return names
+    from neuronb.gate import check_names   # the same rule as the demo's visitors
+    return check_names(annotators, 'annotator', '--annotators')
 
 def check_overlap(overlap, annotators) -> int:
     "`overlap` as an int from 1 to the number of annotators."
@@ -228,12 +218,12 @@ def _start_voila(notebook, job_file, config, conf_dir) -> tuple:
     return start_voila(notebook, write_config(conf_dir, config), env, log), log
 
 def _print_links(job, tokens, ip, port, echo):
-    from neuronb.demo import _is_loopback
+    from neuronb.gate import is_loopback
     echo(f"Labeling {job['items']} items of dataset {job['dataset']!r} ({(job['data_version'] or '')[:12]}), each by {job['overlap']} "
          f"of {len(tokens)} annotators; serving {job['notebook']} on {ip}:{port}. Private links (Ctrl-C stops):", flush=True)
     for a, link in _links(list(tokens), tokens, ip, port).items():
         echo(f"  {a:<12} {len(job['annotators'][a]['queue']):>6} items  {link}", flush=True)
-    if not _is_loopback(ip):
+    if not is_loopback(ip):
         echo("Note: these links travel as plain HTTP; across an untrusted network put a TLS proxy in front or use an SSH tunnel.", flush=True)
 
 # %% ../../nbs/24_label.serve.ipynb #741cd30e
