@@ -30,8 +30,8 @@ from .train.registry import fetch_model, lineage, resolve_version
 __all__ = ['EMBED_DIM', 'LOG_DIR', 'LOG_SCHEMA', 'OPEN_PATHS', 'COOKIE', 'TOP_K', 'SETTINGS_ENV', 'ServeError', 'Served',
            'load_served', 'prepare_image', 'Batcher', 'PredictionLog', 'prediction_log', 'is_loopback', 'access_token',
            'check_token', 'Gate', 'Metrics', 'watch_version', 'ModelServer', 'Prediction', 'PredictResponse',
-           'ErrorResponse', 'prediction_id', 'predict_files', 'in_shadow_share', 'check_share', 'Shadow', 'serve_app',
-           'app_from_env', 'serve_link', 'serve']
+           'ErrorResponse', 'prediction_id', 'predict_files', 'in_shadow_share', 'check_share', 'Shadow',
+           'logged_input', 'serve_app', 'app_from_env', 'serve_link', 'serve']
 
 # %% ../nbs/72_serve.ipynb #ef7dc84a
 class ServeError(NeuronbError):
@@ -213,6 +213,22 @@ class PredictionLog:
                 del self.rows[:len(self.rows) - self.max_rows]
 
 # %% ../nbs/72_serve.ipynb #836baad1
+_FORMAT_EXT = {'JPEG': '.jpg', 'TIFF': '.tif'}
+
+def _input_ext(data:bytes) -> str:
+    "The extension an input image is stored under, from its format ('.png', '.jpg', ...)."
+    try: fmt = image_info(data)['format'] or ''
+    except Exception: fmt = ''   # it decoded for the model; a header this cannot name is stored without an extension
+    return _FORMAT_EXT.get(fmt, f".{fmt.lower()}" if fmt else '')
+
+def _store_inputs(store, rows:list):
+    "Put the input images rows carry (`_input`) in the object store by their SHA-256; each row then says its `input_ext`."
+    for r in rows:
+        if r.get('_input') is None: continue
+        ext = _input_ext(r['_input'])
+        store.put_object(r['_input'], ext)   # written only if new: an image uploaded twice is stored once
+        r['input_ext'] = ext; del r['_input']   # only now: a failed write keeps the bytes for the next flush
+
 def _log_path(day:str) -> str:
     stamp = datetime.now(timezone.utc).strftime('%H%M%S%f')
     return f"{LOG_DIR}/date={day}/{stamp}-{uuid.uuid4().hex}.parquet"
@@ -227,6 +243,7 @@ def flush(self:PredictionLog) -> int:
     done = 0
     try:
         for day, batch in by_day.items():
+            _store_inputs(self.store, batch)
             buf = io.BytesIO()
             pq.write_table(pa.Table.from_pylist(batch, schema=LOG_SCHEMA), buf)
             self.store.write_bytes(_log_path(day), buf.getvalue())
@@ -655,9 +672,20 @@ def close(self:Shadow):
 # %% ../nbs/72_serve.ipynb #179e2235
 @patch
 def record(self:ModelServer, files:list, rows:list):
-    "Log one request's rows (through the shadow when there is one)."
+    "Log one request's rows (through the shadow when there is one), each with its input image when `log_inputs`."
+    if self.log_inputs:
+        for r, (_, data) in zip(rows, files): r['_input'] = data   # stored by the log's flush, off the request path
     if self.shadow: self.shadow.offer(files, rows)
     else: self.log.add(rows)
+
+# %% ../nbs/72_serve.ipynb #b5888ef1
+def logged_input(store,  # project storage
+                 row) -> bytes: # one row of `prediction_log`
+    "The input image of a logged prediction, as it was uploaded (`neuronb serve --log-inputs`)."
+    ext = row['input_ext']
+    if not isinstance(ext, str):
+        raise DataError(f"prediction {row['id']} was logged without its input image; serve with --log-inputs to keep the inputs")
+    return store.get_object(row['input_sha256'], ext)
 
 # %% ../nbs/72_serve.ipynb #43830b80
 def _add_routes(app:FastAPI, ms:ModelServer, max_bytes:int):

@@ -101,6 +101,8 @@ def test_predict_uploads_json_info_and_log(project):
     assert abs(row['mean'] - 30 / 255) < 1e-3 and row.latency_ms > 0
     import hashlib
     assert row.input_sha256 == hashlib.sha256(_png(30)).hexdigest()
+    import pandas as pd
+    assert pd.isna(row.input_ext) and pd.isna(row.shadow_model)   # no --log-inputs, no --shadow: nulls
     assert 'stopped; the prediction log is flushed' in s.output()
 
 
@@ -325,3 +327,26 @@ def test_bad_shadow_settings(project, args, message):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and res.stderr.count('\n') == 1 and 'Traceback' not in res.stderr, res.stdout + res.stderr
     assert message in res.stderr, res.stderr
+
+
+def test_log_inputs_stores_each_image_content_addressed(project):
+    "--log-inputs: every uploaded image lands in the project's object store; the row's input_sha256 names bytes that decode."
+    import hashlib
+    from neuronb.data.images import decode_image
+    from neuronb.serve import _jpeg, logged_input
+    root, store, v1 = project
+    s = Server(root, '--log-inputs', '--log-every', '60')
+    uploads = [_png(17), _jpeg((80, 60), seed=3), _png(17)]
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            multi = c.post('/predict', files=[('file', (f'u{i}', b, 'application/octet-stream')) for i, b in enumerate(uploads)]).json()
+            js = c.post('/predict', json={'images': [base64.b64encode(_png(201)).decode()]}).json()
+    finally: code = s.stop()
+    assert code == 0 and 'inputs are stored' in s.output(), s.output()
+    log = prediction_log(store).set_index('id')
+    for pred, data in zip(multi['predictions'] + js['predictions'], uploads + [_png(201)]):
+        row = log.loc[pred['id']]
+        stored = logged_input(store, {'id': pred['id'], **row})
+        assert hashlib.sha256(stored).hexdigest() == row.input_sha256 == hashlib.sha256(data).hexdigest() and stored == data
+        assert decode_image(stored).size == decode_image(data).size
+    assert list(log.loc[[p['id'] for p in multi['predictions']], 'input_ext']) == ['.png', '.jpg', '.png']
