@@ -515,9 +515,11 @@ class ErrorResponse(BaseModel):
     error: str
 
 _PREDICT_BODY = {'requestBody': {'required': True, 'content': {
-    'multipart/form-data': {'schema': {'type': 'object', 'properties': {'file': {'type': 'array', 'items': {'type': 'string', 'format': 'binary'}}}}},
-    'application/json': {'schema': {'type': 'object', 'required': ['images'],
-                                     'properties': {'images': {'type': 'array', 'items': {'type': 'string', 'format': 'byte'}}}}}}}}
+    'multipart/form-data': {'schema': {'type': 'object', 'required': ['file'], 'properties': {'file': {
+        'type': 'array', 'minItems': 1, 'items': {'type': 'string', 'format': 'binary'}, 'description': 'image files (any field name)'}}},
+        'encoding': {'file': {'contentType': 'image/*'}}},
+    'application/json': {'schema': {'type': 'object', 'required': ['images'], 'properties': {'images': {
+        'type': 'array', 'minItems': 1, 'items': {'type': 'string', 'format': 'byte'}, 'description': 'base64 image files (or data: URLs)'}}}}}}}
 _ERRORS = {s: {'model': ErrorResponse, 'description': d} for s, d in
            [(401, 'no token'), (403, 'wrong token'), (413, 'over the size limit'), (415, 'not an image'), (422, 'malformed request')]}
 TOP_K = 5
@@ -535,7 +537,8 @@ async def _read_images(request:Request, max_bytes:int) -> list:
     "`[(name, bytes), ...]` of a /predict request."
     kind = request.headers.get('content-type', '').split(';')[0].strip().lower()
     if kind == 'multipart/form-data':
-        form = await request.form(max_part_size=max_bytes)
+        try: form = await request.form(max_part_size=max_bytes)
+        except HTTPException as e: raise ServeError(f"the multipart body cannot be read ({e.detail}); {_USAGE}", 422) from None
         files = [(v.filename, await v.read()) for _, v in form.multi_items() if isinstance(v, UploadFile)]
     elif kind == 'application/json':
         try: doc = json.loads(await request.body())
@@ -724,7 +727,8 @@ def _add_info_routes(app:FastAPI, ms:ModelServer):
                 'classes': s.classes, 'loaded': datetime.fromtimestamp(s.loaded, timezone.utc).isoformat(timespec='seconds'),
                 'lineage': s.lineage, 'lineage_command': f"neuronb models show {s.version}", 'shadow': _shadow_info(ms.shadow)}
 
-    @app.get('/metrics', summary='Prometheus metrics')
+    @app.get('/metrics', summary='Prometheus metrics', response_class=Response,
+             responses={200: {'description': 'the Prometheus text format', 'content': {'text/plain': {'schema': {'type': 'string'}}}}})
     async def metrics(): return Response(ms.metrics.text(), media_type=prom.CONTENT_TYPE_LATEST)
 
 # %% ../nbs/72_serve.ipynb #7ff4c9f0
