@@ -30,8 +30,8 @@ from .train.registry import fetch_model, lineage, resolve_version
 __all__ = ['EMBED_DIM', 'LOG_DIR', 'LOG_SCHEMA', 'OPEN_PATHS', 'COOKIE', 'TOP_K', 'SETTINGS_ENV', 'ServeError', 'Served',
            'load_served', 'prepare_image', 'Batcher', 'PredictionLog', 'prediction_log', 'is_loopback', 'access_token',
            'check_token', 'Gate', 'Metrics', 'watch_version', 'ModelServer', 'Prediction', 'PredictResponse',
-           'ErrorResponse', 'prediction_id', 'predict_files', 'in_shadow_share', 'check_share', 'Shadow',
-           'logged_input', 'serve_app', 'app_from_env', 'serve_link', 'serve']
+           'ErrorResponse', 'prediction_id', 'answer_files', 'predict_files', 'in_shadow_share', 'check_share',
+           'Shadow', 'logged_input', 'serve_app', 'app_from_env', 'serve_link', 'serve']
 
 # %% ../nbs/72_serve.ipynb #ef7dc84a
 class ServeError(NeuronbError):
@@ -578,15 +578,20 @@ def _answer(served:Served, probs, emb, stats:list, t0:float, source='api') -> tu
     return {'model': served.version, 'predictions': preds}, rows
 
 # %% ../nbs/72_serve.ipynb #9f95fb86
-def predict_files(served:Served, # from `load_served` (or `Served(model, cfg)` over a loaded model)
-                  files:list,    # [(name, bytes), ...]
-                  log=None,      # a PredictionLog the rows are appended to
-                  source='api') -> dict: # what the log says made the request
-    "The answer `POST /predict` gives for `files`, computed in this thread, its rows added to `log`."
+def answer_files(served:Served, # from `load_served` (or `Served(model, cfg)` over a loaded model)
+                 files:list,    # [(name, bytes), ...]
+                 source='api') -> tuple: # what the log says made the request
+    "`(answer, log rows)` of `files`: what `POST /predict` answers and logs, computed in this thread."
     t0 = time.perf_counter()
     x, stats = _prepare_all(files, served.cfg)
     probs, emb = served.forward(x)
-    doc, rows = _answer(served, probs, emb, stats, t0, source)
+    return _answer(served, probs, emb, stats, t0, source)
+
+def predict_files(served:Served, files:list,
+                  log=None,      # a PredictionLog the rows are appended to
+                  source='api') -> dict:
+    "The answer `POST /predict` gives for `files`, computed in this thread, its rows added to `log`."
+    doc, rows = answer_files(served, files, source)
     if log is not None: log.add(rows)
     return doc
 
