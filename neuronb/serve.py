@@ -613,10 +613,11 @@ class Shadow:
     "A second model answering `share` of the predictions in its own thread; its answers go into their log rows, never to the caller."
     def __init__(self, served:Served, spec:str, share:float, log:PredictionLog, max_batch:int=32,
                  max_queue:int=1024,   # requests waiting for the shadow; beyond, they are logged without its answer
+                 max_bytes:int=256 * 2**20, # and at most this many bytes of their images
                  gather_s:float=0.05,  # how long the shadow waits for more requests to fill its batch
                  metrics=None, echo=print):
         self.served, self.spec, self.share, self.log, self.max_batch = served, spec, check_share(share), log, max_batch
-        self.gather_s = gather_s
+        self.gather_s, self.max_bytes, self.queued_bytes, self._lock = gather_s, max_bytes, 0, threading.Lock()
         self.metrics, self.echo, self._failing = metrics, echo, None
         self.queue = queue.Queue(max_queue)
         self._thread = threading.Thread(target=self._loop, name='neuronb-shadow', daemon=True)
@@ -626,8 +627,16 @@ class Shadow:
         "Log `rows` (of one request's `files`) once the shadow has answered those in its share; at once when none is."
         picked = [i for i, r in enumerate(rows) if in_shadow_share(r['id'], self.share)]
         if not picked: return self.log.add(rows)
-        try: self.queue.put_nowait((files, rows, picked))
+        n = sum(len(files[i][1]) for i in picked)
+        with self._lock:
+            room = self.queued_bytes + n <= self.max_bytes
+            if room: self.queued_bytes += n
+        try:
+            if not room: raise queue.Full
+            self.queue.put_nowait((files, rows, picked))
         except queue.Full:
+            if room:
+                with self._lock: self.queued_bytes -= n
             if self.metrics: self.metrics.shadow_skipped.inc(len(picked))
             self.log.add(rows)
 
@@ -670,6 +679,7 @@ def answer(self:Shadow, jobs:list):
             rows[i].update(shadow_model=served.version, shadow_label=_label(served, p), shadow_probability=float(p.max()),
                            shadow_probabilities=p.tolist())
         self.log.add(rows)
+    with self._lock: self.queued_bytes -= sum(len(files[i][1]) for files, _, picked in jobs for i in picked)
     if probs is not None and self.metrics: self.metrics.shadow.labels(served.version).inc(k)
 
 @patch
