@@ -380,11 +380,16 @@ def _serve_parser(sub):
     s.add_argument('--max-wait-ms', type=float, default=5.0, help='longest wait for a batch to fill (default: 5)')
     s.add_argument('--max-mb', type=float, default=10.0, help='largest request body in MiB (default: 10)')
     s.add_argument('--log-every', type=float, default=5.0, help='seconds between prediction-log flushes (default: 5)')
+    s.add_argument('--shadow', metavar='MODEL', help="a second model ('@challenger' or a version) that also answers a share of the "
+                   "predictions; its answers are logged beside the served model's, never returned")
+    s.add_argument('--shadow-share', type=float, metavar='SHARE', help='the share of predictions the shadow answers, in (0, 1] (default: 1)')
+    s.add_argument('--log-inputs', action='store_true', help='store every input image in project storage (content-addressed) with its log row')
 
 def cmd_serve(args):
     from neuronb.serve import serve
     return serve(args.dir, model=args.model, port=args.port, ip=args.ip, token=args.token, workers=args.workers,
-                 max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_mb=args.max_mb, log_every=args.log_every)
+                 max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_mb=args.max_mb, log_every=args.log_every,
+                 shadow=args.shadow, shadow_share=args.shadow_share, log_inputs=args.log_inputs)
 
 # %% ../nbs/90_cli.ipynb #f7306136
 def cmd_init(args):

@@ -10,8 +10,8 @@ from .core import ConfigError, DataError, NeuronbError, ParameterError
 from .voila import UPLOAD_LIMIT, UPLOAD_LIMIT_ENV, megabytes
 
 # %% auto #0
-__all__ = ['UNREADABLE', 'VISITOR_HEADER', 'READY_ENV', 'test_samples', 'DemoApp', 'too_big', 'demo_app', 'wait_for_visitor',
-           'demo_link', 'serve_demo']
+__all__ = ['UNREADABLE', 'VISITOR_HEADER', 'READY_ENV', 'test_samples', 'DemoApp', 'too_big', 'demo_log', 'demo_app',
+           'wait_for_visitor', 'demo_link', 'serve_demo']
 
 # %% ../nbs/70_demo.ipynb #857ea070
 def test_samples(store, n=20, dataset='digits') -> list:
@@ -36,18 +36,22 @@ def _bars(probs, classes) -> str:
                    f'<span>{probs[i]*100:.1f}%</span></div>' for i in order)
     return f'<div class="nb-probs-table">{rows}</div>'
 
-def _verdict(label, p) -> str:
+def _verdict(label, p, pid=None) -> str:
     return (f'<div style="font-size:15px">Prediction</div>'
             f'<div class="nb-prediction-value" style="font-size:56px;font-weight:bold;line-height:1.1">{html.escape(str(label))}</div>'
-            f'<div>{p*100:.1f}% sure</div>')
+            f'<div>{p*100:.1f}% sure</div>' +
+            (f'<div class="nb-prediction-id" style="font-size:11px;color:#888">prediction {html.escape(pid)}</div>' if pid else ''))
 
 # %% ../nbs/70_demo.ipynb #cd7aba50
 class DemoApp:
     "The demo's widgets and the model behind them."
-    def __init__(self, model_dir, samples=(), upload_limit=None):
+    def __init__(self, model_dir, samples=(), upload_limit=None,
+                 log=None):   # a PredictionLog every visitor's prediction is appended to (None: not logged)
         import ipywidgets as w
         from neuronb.train.model import load_model, model_version
+        from neuronb.serve import Served
         self.model, self.cfg = load_model(model_dir)
+        self.served, self.log, self.last_id = Served(self.model, self.cfg), log, None   # answered as `neuronb serve` answers
         self.classes, self.samples = self.cfg['classes'], list(samples)
         acc = self.cfg.get('test_accuracy')
         self.header = w.HTML(f"<b>Model</b> {model_version(self.cfg)} · <b>test accuracy</b> "
@@ -91,18 +95,15 @@ def _as_png(img) -> bytes:
     "A decoded picture as PNG bytes, which every browser shows (an upload may be TIFF, BMP, …)."
     buf = io.BytesIO(); img.save(buf, 'PNG'); return buf.getvalue()
 
-def _predict(self, data: bytes):
-    "`(label, probability, probabilities)` for image bytes."
-    from neuronb.train.model import predict_proba, preprocess
-    try: x = preprocess(bytes(data), self.cfg)   # the bytes decoded exactly as training decoded its images
-    except _unreadable_errors(): raise DataError(UNREADABLE) from None
-    probs = predict_proba(self.model, self.cfg, x)[0]
-    best = int(probs.argmax())
-    if self.cfg.get('multi_label'):   # every class at or above the threshold, the surest first
-        thr = float(self.cfg.get('threshold', 0.5))
-        chosen = [self.classes[i] for i in probs.argsort()[::-1] if probs[i] >= thr]
-        return ' + '.join(chosen) or 'none of the classes', float(probs[best]), [float(p) for p in probs]
-    return self.classes[best], float(probs[best]), [float(p) for p in probs]
+def _predict(self, data: bytes, log:bool=True):
+    "`(label, probability, probabilities)` for image bytes, answered by `neuronb serve`'s code; logged (with its id in `last_id`) when `log`."
+    from neuronb.serve import ServeError, answer_files
+    try: doc, rows = answer_files(self.served, [(None, bytes(data))], source='demo')   # decoded exactly as training decoded its images
+    except (ServeError, *_unreadable_errors()): raise DataError(UNREADABLE) from None
+    if log and self.log is not None: self.log.add(rows)
+    pred = doc['predictions'][0]
+    self.last_id = pred['id']
+    return pred['label'], pred['probability'], rows[0]['probabilities']
 DemoApp.predict = _predict
 
 def _same_answer(pred:str, label:str, multi:bool) -> bool:
@@ -122,7 +123,7 @@ def _show(self, data: bytes):
     try: label, p, probs = self.predict(data)
     except DataError as e: return self.error(str(e))
     self.image.value = _as_png(img)
-    self.result.value, self.probs.value = _verdict(label, p), _bars(probs, self.classes)
+    self.result.value, self.probs.value = _verdict(label, p, self.last_id), _bars(probs, self.classes)
 DemoApp.show = _show
 
 def _on_upload(self, change):
@@ -138,12 +139,25 @@ def _sample_accuracy(self) -> float|None:
     "Accuracy of the model on the app's sample images (a check that what the demo shows is sane)."
     if not self.samples: return None
     multi = bool(self.cfg.get('multi_label'))
-    return sum(_same_answer(self.predict(png)[0], label, multi) for png, label in self.samples) / len(self.samples)
+    return sum(_same_answer(self.predict(png, log=False)[0], label, multi) for png, label in self.samples) / len(self.samples)   # a check, not a visitor's prediction
 DemoApp.sample_accuracy = _sample_accuracy
 
-def demo_app(model_dir, samples=()) -> DemoApp:
+def demo_log(store=None, every:float=5.0):
+    "The PredictionLog of `store` (default: the working directory's project's; None outside one), flushed every `every` s and when the kernel ends."
+    import atexit
+    from neuronb.serve import PredictionLog
+    if store is None:
+        from neuronb.pipeline.project import load_project
+        try: store = load_project().store()
+        except ConfigError: return None   # a model folder outside any project: nowhere to log to
+    log = PredictionLog(store, every)
+    atexit.register(log.close)   # Voila shuts an idle or closed page's kernel down: the last rows are written then
+    return log
+
+def demo_app(model_dir, samples=(),
+             store=None) -> DemoApp: # where its predictions are logged (default: the working directory's project; False: nowhere)
     "The demo app for the model saved in `model_dir`, offering `samples` as `(png_bytes, label)` pairs."
-    return DemoApp(model_dir, samples)
+    return DemoApp(model_dir, samples, log=None if store is False else demo_log(store))
 
 # %% ../nbs/70_demo.ipynb #fbcccf36
 VISITOR_HEADER = 'X-Neuronb-Visitor'    # set by the gate; Voila hands it to the kernel as HTTP_X_NEURONB_VISITOR

@@ -4,7 +4,7 @@
 
 # %% ../nbs/72_serve.ipynb #fea97423
 from __future__ import annotations
-import asyncio, base64, binascii, hashlib, io, ipaddress, json, os, secrets, signal, sys, tempfile, threading, time, uuid
+import asyncio, base64, binascii, hashlib, io, ipaddress, json, os, queue, secrets, signal, sys, tempfile, threading, time, uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,7 +30,8 @@ from .train.registry import fetch_model, lineage, resolve_version
 __all__ = ['EMBED_DIM', 'LOG_DIR', 'LOG_SCHEMA', 'OPEN_PATHS', 'COOKIE', 'TOP_K', 'SETTINGS_ENV', 'ServeError', 'Served',
            'load_served', 'prepare_image', 'Batcher', 'PredictionLog', 'prediction_log', 'is_loopback', 'access_token',
            'check_token', 'Gate', 'Metrics', 'watch_version', 'ModelServer', 'Prediction', 'PredictResponse',
-           'ErrorResponse', 'prediction_id', 'predict_files', 'serve_app', 'app_from_env', 'serve_link', 'serve']
+           'ErrorResponse', 'prediction_id', 'answer_files', 'predict_files', 'in_shadow_share', 'check_share',
+           'Shadow', 'logged_input', 'serve_app', 'app_from_env', 'serve_link', 'serve']
 
 # %% ../nbs/72_serve.ipynb #ef7dc84a
 class ServeError(NeuronbError):
@@ -188,7 +189,10 @@ LOG_SCHEMA = pa.schema([('id', pa.string()), ('time', pa.timestamp('ms', tz='UTC
                         ('source', pa.string()), ('input_sha256', pa.string()), ('width', pa.int32()), ('height', pa.int32()),
                         ('mode', pa.string()), ('mean', pa.float32()), ('std', pa.float32()), ('label', pa.string()),
                         ('probability', pa.float32()), ('probabilities', pa.list_(pa.float32())),
-                        ('embedding', pa.list_(pa.float32())), ('latency_ms', pa.float32())])
+                        ('embedding', pa.list_(pa.float32())), ('latency_ms', pa.float32()),
+                        ('shadow_model', pa.string()), ('shadow_label', pa.string()), ('shadow_probability', pa.float32()),
+                        ('shadow_probabilities', pa.list_(pa.float32())),   # the shadow's answer (null when it did not answer)
+                        ('input_ext', pa.string())])   # the stored input's extension, when inputs are logged (else null)
 
 class PredictionLog:
     "Prediction rows appended to `store` as Parquet batches, partitioned by day, every `every` seconds and at `close`."
@@ -209,6 +213,22 @@ class PredictionLog:
                 del self.rows[:len(self.rows) - self.max_rows]
 
 # %% ../nbs/72_serve.ipynb #836baad1
+_FORMAT_EXT = {'JPEG': '.jpg', 'TIFF': '.tif'}
+
+def _input_ext(data:bytes) -> str:
+    "The extension an input image is stored under, from its format ('.png', '.jpg', ...)."
+    try: fmt = image_info(data)['format'] or ''
+    except Exception: fmt = ''   # it decoded for the model; a header this cannot name is stored without an extension
+    return _FORMAT_EXT.get(fmt, f".{fmt.lower()}" if fmt else '')
+
+def _store_inputs(store, rows:list):
+    "Put the input images rows carry (`_input`) in the object store by their SHA-256; each row then says its `input_ext`."
+    for r in rows:
+        if r.get('_input') is None: continue
+        ext = _input_ext(r['_input'])
+        store.put_object(r['_input'], ext)   # written only if new: an image uploaded twice is stored once
+        r['input_ext'] = ext; del r['_input']   # only now: a failed write keeps the bytes for the next flush
+
 def _log_path(day:str) -> str:
     stamp = datetime.now(timezone.utc).strftime('%H%M%S%f')
     return f"{LOG_DIR}/date={day}/{stamp}-{uuid.uuid4().hex}.parquet"
@@ -223,6 +243,7 @@ def flush(self:PredictionLog) -> int:
     done = 0
     try:
         for day, batch in by_day.items():
+            _store_inputs(self.store, batch)
             buf = io.BytesIO()
             pq.write_table(pa.Table.from_pylist(batch, schema=LOG_SCHEMA), buf)
             self.store.write_bytes(_log_path(day), buf.getvalue())
@@ -370,6 +391,8 @@ class Metrics:
         self.batch = prom.Histogram('neuronb_serve_batch_images', 'images per forward', registry=reg,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
         self.swaps = prom.Counter('neuronb_serve_model_swaps', 'models swapped in after an alias moved', registry=reg)
+        self.shadow = prom.Counter('neuronb_serve_shadow_predictions', 'predictions the shadow model also answered', ['model'], registry=reg)
+        self.shadow_skipped = prom.Counter('neuronb_serve_shadow_skipped', 'predictions in the shadow share logged without its answer (it fell behind)', registry=reg)
 
     def answer(self, path:str, status:int):
         "Count one answer (paths outside the API are counted as 'other', so a scan cannot blow up the labels)."
@@ -395,34 +418,50 @@ def watch_version(store, model:str) -> str:
     return resolve_version(store, model)
 
 class ModelServer:
-    "What the API serves: the model (swapped when its alias moves), the batcher, the prediction log and the metrics."
+    "What the API serves: the model (swapped when its alias moves), the batcher, the prediction log, the metrics, and the shadow."
     def __init__(self, store, model='@champion', served=None, max_batch=32, max_wait_ms=5.0, log_every=5.0,
-                 watch_every=1.0, echo=print):
-        self.store, self.spec, self.echo, self.watch_every = store, model, echo, watch_every
+                 watch_every=1.0, echo=print,
+                 shadow=None,           # a second model ('@challenger' or a version) answering `shadow_share` of the predictions, logged only
+                 shadow_share:float=1.0,
+                 shadow_served=None,    # `shadow` already loaded
+                 log_inputs:bool=False):# store every input image in project storage (content-addressed) with the log
+        self.store, self.spec, self.echo, self.watch_every, self.log_inputs = store, model, echo, watch_every, log_inputs
         self.served = served or load_served(store, model)
+        if shadow is not None: shadow_served, shadow_share = shadow_served or load_served(store, shadow), check_share(shadow_share)
         self.metrics = Metrics()
         self.batcher = Batcher(self.work, max_batch, max_wait_ms)
         self.log = PredictionLog(store, log_every, echo)
-        self._stop, self._failed, self.ready = threading.Event(), None, True
+        self.shadow = shadow and Shadow(shadow_served, shadow, shadow_share, self.log, max_batch, metrics=self.metrics, echo=echo)
+        self._stop, self._failed, self.ready = threading.Event(), {}, True
         self._watcher = threading.Thread(target=self._watch, name='neuronb-model-watch', daemon=True)
-        if watch_every and not _is_version(model): self._watcher.start()   # a fixed version never moves
+        if watch_every and not all(_is_version(m) for m in (model, shadow) if m is not None): self._watcher.start()   # a fixed version never moves
 
 # %% ../nbs/72_serve.ipynb #1ebd912e
 @patch
-def check_swap(self:ModelServer) -> bool:
-    "Load and swap in the model the alias names now, if it moved; returns whether it swapped."
+def _moved(self:ModelServer, spec:str, current:Served, role='serving'):
+    "The model `spec` names now, loaded, if it is not `current`; else None (also when it cannot be loaded: said once)."
     try:
-        version = watch_version(self.store, self.spec)
-        if version == self.served.version: self._failed = None; return False
+        version = watch_version(self.store, spec)
+        if version == current.version: self._failed.pop(spec, None); return None
         new = load_served(self.store, version)
     except NeuronbError as e:
-        if str(e) != self._failed: self.echo(f"neuronb serve: {self.spec} moved but cannot be served ({e}); still serving {self.served.version}", file=sys.stderr, flush=True)
-        self._failed = str(e); return False
-    new.alias, old = self.served.alias, self.served
-    self.served = new   # one reference: requests that already hold the old model finish with it
-    self.metrics.swaps.inc()
-    self.echo(f"neuronb serve: {self.spec} moved; now serving {new.version} (was {old.version})", flush=True)
-    return True
+        if str(e) != self._failed.get(spec):
+            self.echo(f"neuronb serve: {spec} moved but cannot be served ({e}); still {role} {current.version}", file=sys.stderr, flush=True)
+        self._failed[spec] = str(e); return None
+    new.alias = current.alias
+    self.echo(f"neuronb serve: {spec} moved; now {role} {new.version} (was {current.version})", flush=True)
+    return new
+
+@patch
+def check_swap(self:ModelServer) -> bool:
+    "Load and swap in the models the aliases name now (the served one, and the shadow's), if they moved; returns whether one swapped."
+    new = self._moved(self.spec, self.served)
+    if new:
+        self.served = new   # one reference: requests that already hold the old model finish with it
+        self.metrics.swaps.inc()
+    shadow = self.shadow and self._moved(self.shadow.spec, self.shadow.served, 'shadowing')
+    if shadow: self.shadow.served = shadow
+    return bool(new or shadow)
 
 @patch
 def _watch(self:ModelServer):
@@ -430,11 +469,12 @@ def _watch(self:ModelServer):
 
 @patch
 def close(self:ModelServer) -> int:
-    "Stop watching, stop batching, flush the log; returns the rows logged."
+    "Stop watching, stop batching, let the shadow finish, flush the log; returns the rows logged."
     self.ready = False
     self._stop.set()
     if self._watcher.is_alive(): self._watcher.join()
     self.batcher.close()
+    if self.shadow: self.shadow.close()
     return self.log.close()
 
 # %% ../nbs/72_serve.ipynb #34b33063
@@ -475,9 +515,11 @@ class ErrorResponse(BaseModel):
     error: str
 
 _PREDICT_BODY = {'requestBody': {'required': True, 'content': {
-    'multipart/form-data': {'schema': {'type': 'object', 'properties': {'file': {'type': 'array', 'items': {'type': 'string', 'format': 'binary'}}}}},
-    'application/json': {'schema': {'type': 'object', 'required': ['images'],
-                                     'properties': {'images': {'type': 'array', 'items': {'type': 'string', 'format': 'byte'}}}}}}}}
+    'multipart/form-data': {'schema': {'type': 'object', 'required': ['file'], 'properties': {'file': {
+        'type': 'array', 'minItems': 1, 'items': {'type': 'string', 'format': 'binary'}, 'description': 'image files (any field name)'}}},
+        'encoding': {'file': {'contentType': 'image/*'}}},
+    'application/json': {'schema': {'type': 'object', 'required': ['images'], 'properties': {'images': {
+        'type': 'array', 'minItems': 1, 'items': {'type': 'string', 'format': 'byte'}, 'description': 'base64 image files (or data: URLs)'}}}}}}}
 _ERRORS = {s: {'model': ErrorResponse, 'description': d} for s, d in
            [(401, 'no token'), (403, 'wrong token'), (413, 'over the size limit'), (415, 'not an image'), (422, 'malformed request')]}
 TOP_K = 5
@@ -495,7 +537,8 @@ async def _read_images(request:Request, max_bytes:int) -> list:
     "`[(name, bytes), ...]` of a /predict request."
     kind = request.headers.get('content-type', '').split(';')[0].strip().lower()
     if kind == 'multipart/form-data':
-        form = await request.form(max_part_size=max_bytes)
+        try: form = await request.form(max_part_size=max_bytes)
+        except HTTPException as e: raise ServeError(f"the multipart body cannot be read ({e.detail}); {_USAGE}", 422) from None
         files = [(v.filename, await v.read()) for _, v in form.multi_items() if isinstance(v, UploadFile)]
     elif kind == 'application/json':
         try: doc = json.loads(await request.body())
@@ -535,17 +578,132 @@ def _answer(served:Served, probs, emb, stats:list, t0:float, source='api') -> tu
     return {'model': served.version, 'predictions': preds}, rows
 
 # %% ../nbs/72_serve.ipynb #9f95fb86
-def predict_files(served:Served, # from `load_served` (or `Served(model, cfg)` over a loaded model)
-                  files:list,    # [(name, bytes), ...]
-                  log=None,      # a PredictionLog the rows are appended to
-                  source='api') -> dict: # what the log says made the request
-    "The answer `POST /predict` gives for `files`, computed in this thread, its rows added to `log`."
+def answer_files(served:Served, # from `load_served` (or `Served(model, cfg)` over a loaded model)
+                 files:list,    # [(name, bytes), ...]
+                 source='api') -> tuple: # what the log says made the request
+    "`(answer, log rows)` of `files`: what `POST /predict` answers and logs, computed in this thread."
     t0 = time.perf_counter()
     x, stats = _prepare_all(files, served.cfg)
     probs, emb = served.forward(x)
-    doc, rows = _answer(served, probs, emb, stats, t0, source)
+    return _answer(served, probs, emb, stats, t0, source)
+
+def predict_files(served:Served, files:list,
+                  log=None,      # a PredictionLog the rows are appended to
+                  source='api') -> dict:
+    "The answer `POST /predict` gives for `files`, computed in this thread, its rows added to `log`."
+    doc, rows = answer_files(served, files, source)
     if log is not None: log.add(rows)
     return doc
+
+# %% ../nbs/72_serve.ipynb #1f2f0815
+def in_shadow_share(pid:str,      # a prediction id
+                    share:float) -> bool: # the shadow's share, in (0, 1]
+    "Whether the shadow model also answers prediction `pid`: its id's hash falls in the first `share` of the range."
+    return int(hashlib.sha256(pid.encode()).hexdigest()[:8], 16) < share * 2**32
+
+def check_share(share) -> float:
+    "`share` as a float, or a ServeError saying what it must be."
+    try: ok = 0 < float(share) <= 1
+    except (TypeError, ValueError): ok = False
+    if not ok: raise ServeError(f"--shadow-share is {share!r}; it must be a fraction in (0, 1], the share of predictions the shadow model also answers (e.g. 0.2)")
+    return float(share)
+
+# %% ../nbs/72_serve.ipynb #83405dca
+class Shadow:
+    "A second model answering `share` of the predictions in its own thread; its answers go into their log rows, never to the caller."
+    def __init__(self, served:Served, spec:str, share:float, log:PredictionLog, max_batch:int=32,
+                 max_queue:int=1024,   # requests waiting for the shadow; beyond, they are logged without its answer
+                 max_bytes:int=256 * 2**20, # and at most this many bytes of their images
+                 gather_s:float=0.05,  # how long the shadow waits for more requests to fill its batch
+                 metrics=None, echo=print):
+        self.served, self.spec, self.share, self.log, self.max_batch = served, spec, check_share(share), log, max_batch
+        self.gather_s, self.max_bytes, self.queued_bytes, self._lock = gather_s, max_bytes, 0, threading.Lock()
+        self.metrics, self.echo, self._failing = metrics, echo, None
+        self.queue = queue.Queue(max_queue)
+        self._thread = threading.Thread(target=self._loop, name='neuronb-shadow', daemon=True)
+        self._thread.start()
+
+    def offer(self, files:list, rows:list):
+        "Log `rows` (of one request's `files`) once the shadow has answered those in its share; at once when none is."
+        picked = [i for i, r in enumerate(rows) if in_shadow_share(r['id'], self.share)]
+        if not picked: return self.log.add(rows)
+        n = sum(len(files[i][1]) for i in picked)
+        with self._lock:
+            room = self.queued_bytes + n <= self.max_bytes
+            if room: self.queued_bytes += n
+        try:
+            if not room: raise queue.Full
+            self.queue.put_nowait((files, rows, picked))
+        except queue.Full:
+            if room:
+                with self._lock: self.queued_bytes -= n
+            if self.metrics: self.metrics.shadow_skipped.inc(len(picked))
+            self.log.add(rows)
+
+# %% ../nbs/72_serve.ipynb #41b93f84
+@patch
+def _loop(self:Shadow):
+    _lower_priority()
+    stop = False
+    while not stop:
+        jobs = [self.queue.get()]
+        if jobs[0] is None: break
+        n, deadline = len(jobs[0][2]), time.monotonic() + self.gather_s
+        while n < self.max_batch:
+            try: job = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty: break
+            if job is None: stop = True; break
+            jobs.append(job); n += len(job[2])
+        self.answer(jobs)
+
+def _lower_priority():
+    "Make the calling thread the first to yield the CPU (Linux: a thread's own nice value); elsewhere nothing."
+    try: os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError): pass
+
+@patch
+def answer(self:Shadow, jobs:list):
+    "Fill the shadow's answer into the picked rows of `jobs` (`(files, rows, picked)` each), from one forward; then log them."
+    served = self.served
+    try:
+        x = torch.cat([prepare_image(files[i][1], served.cfg, files[i][0])[0] for files, _, picked in jobs for i in picked])
+        probs = predict_proba(served.model, served.cfg, x)
+    except Exception as e:   # the shadow failing must never lose the served model's rows
+        if str(e) != self._failing: self.echo(f"neuronb serve: the shadow model {served.version} failed ({type(e).__name__}: {e}); "
+                                              f"logging without its answers", file=sys.stderr, flush=True)
+        self._failing, probs = str(e), None
+    k = 0
+    for _, rows, picked in jobs:
+        for i in (picked if probs is not None else ()):
+            p = probs[k]; k += 1
+            rows[i].update(shadow_model=served.version, shadow_label=_label(served, p), shadow_probability=float(p.max()),
+                           shadow_probabilities=p.tolist())
+        self.log.add(rows)
+    with self._lock: self.queued_bytes -= sum(len(files[i][1]) for files, _, picked in jobs for i in picked)
+    if probs is not None and self.metrics: self.metrics.shadow.labels(served.version).inc(k)
+
+@patch
+def close(self:Shadow):
+    "Answer what is queued, then stop the thread."
+    self.queue.put(None); self._thread.join()
+
+# %% ../nbs/72_serve.ipynb #179e2235
+@patch
+def record(self:ModelServer, files:list, rows:list):
+    "Log one request's rows (through the shadow when there is one), each with its input image when `log_inputs`."
+    if self.log_inputs:
+        for r, (_, data) in zip(rows, files): r['_input'] = data   # stored by the log's flush, off the request path
+    if self.shadow: self.shadow.offer(files, rows)
+    else: self.log.add(rows)
+
+# %% ../nbs/72_serve.ipynb #b5888ef1
+def logged_input(store,  # project storage
+                 row) -> bytes: # one row of `prediction_log`
+    "The input image of a logged prediction, as it was uploaded (`neuronb serve --log-inputs`)."
+    ext = row['input_ext']
+    if not isinstance(ext, str):
+        raise DataError(f"prediction {row['id']} was logged without its input image; serve with --log-inputs to keep the inputs")
+    return store.get_object(row['input_sha256'], ext)
 
 # %% ../nbs/72_serve.ipynb #43830b80
 def _add_routes(app:FastAPI, ms:ModelServer, max_bytes:int):
@@ -558,12 +716,16 @@ def _add_routes(app:FastAPI, ms:ModelServer, max_bytes:int):
         finally: b.pending -= 1
         served, probs, emb, stats = await b.submit(files, len(files))
         doc, rows = _answer(served, probs, emb, stats, t0)
-        ms.log.add(rows)
+        ms.record(files, rows)
         ms.metrics.predictions.labels(served.version).inc(len(rows))
         ms.metrics.latency.observe(time.perf_counter() - t0)
         return JSONResponse(doc)
 
 # %% ../nbs/72_serve.ipynb #825af8b3
+def _shadow_info(sh):
+    "What /version says of the shadow model (None without one)."
+    return sh and {'version': sh.served.version, 'alias': sh.served.alias, 'model': sh.spec, 'share': sh.share}
+
 def _add_info_routes(app:FastAPI, ms:ModelServer):
     @app.get('/health', summary='The process is up')
     async def health(): return {'status': 'ok'}
@@ -578,9 +740,10 @@ def _add_info_routes(app:FastAPI, ms:ModelServer):
         s = ms.served
         return {'version': s.version, 'alias': s.alias, 'model': ms.spec, 'data_version': s.cfg.get('data_version'),
                 'classes': s.classes, 'loaded': datetime.fromtimestamp(s.loaded, timezone.utc).isoformat(timespec='seconds'),
-                'lineage': s.lineage, 'lineage_command': f"neuronb models show {s.version}"}
+                'lineage': s.lineage, 'lineage_command': f"neuronb models show {s.version}", 'shadow': _shadow_info(ms.shadow)}
 
-    @app.get('/metrics', summary='Prometheus metrics')
+    @app.get('/metrics', summary='Prometheus metrics', response_class=Response,
+             responses={200: {'description': 'the Prometheus text format', 'content': {'text/plain': {'schema': {'type': 'string'}}}}})
     async def metrics(): return Response(ms.metrics.text(), media_type=prom.CONTENT_TYPE_LATEST)
 
 # %% ../nbs/72_serve.ipynb #7ff4c9f0
@@ -614,12 +777,13 @@ def serve_app(ms:ModelServer,      # what to serve
 # %% ../nbs/72_serve.ipynb #e8fabe77
 SETTINGS_ENV = 'NEURONB_SERVE'
 
-def _server_from(settings:dict, served=None, echo=print) -> tuple:
+def _server_from(settings:dict, served=None, echo=print, shadow_served=None) -> tuple:
     "`(ModelServer, app)` from `serve`'s settings."
     from neuronb.pipeline.project import load_project
     store = load_project(settings['project']).store()
     ms = ModelServer(store, settings['model'], served, settings['max_batch'], settings['max_wait_ms'], settings['log_every'],
-                     settings['watch_every'], echo)
+                     settings['watch_every'], echo, shadow=settings['shadow'], shadow_share=settings['shadow_share'] or 1.0,
+                     shadow_served=shadow_served, log_inputs=settings['log_inputs'])
     return ms, serve_app(ms, settings['token'], int(settings['max_mb'] * 2**20))
 
 def app_from_env() -> FastAPI:
@@ -641,10 +805,18 @@ def _check_port(ip:str, port:int):
         raise ServeError(f"cannot listen on {ip}:{port} ({e.strerror}); another program holds the port or the address is not this machine's: "
                          f"choose another with --port (or --ip)") from None
 
-def _check_settings(workers, max_batch, max_wait_ms, max_mb, log_every):
+def _check_settings(workers, max_batch, max_wait_ms, max_mb, log_every, shadow=None, shadow_share=None):
     for name, value, low in (('--workers', workers, 1), ('--max-batch', max_batch, 1), ('--max-wait-ms', max_wait_ms, 0),
                              ('--max-mb', max_mb, 0.001), ('--log-every', log_every, 0.05)):
         if value < low: raise ServeError(f"{name} is {value}; it must be at least {low}")
+    if shadow_share is not None:
+        if shadow is None: raise ServeError("--shadow-share needs --shadow MODEL, the model ('@challenger' or a version) that answers that share")
+        check_share(shadow_share)
+
+def _load_shadow(store, shadow):
+    "The shadow model, loaded; a ServeError naming it when it cannot be."
+    try: return load_served(store, shadow)
+    except NeuronbError as e: raise ServeError(f"the shadow model {shadow} cannot be served: {e}") from None
 
 def serve(project=None,       # a project folder (default: the working directory's project)
           model='@champion',  # '@alias', 'latest' or a version
@@ -652,24 +824,31 @@ def serve(project=None,       # a project folder (default: the working directory
           token=None,         # required of every request; generated when `ip` is not loopback
           workers:int=1, max_batch:int=32, max_wait_ms:float=5.0,
           max_mb:float=10.0,  # the largest request body, in MiB
-          log_every:float=5.0, watch_every:float=1.0, echo=print) -> int:
+          log_every:float=5.0, watch_every:float=1.0, echo=print,
+          shadow=None,        # a second model ('@challenger' or a version) that also answers a share of the predictions, logged only
+          shadow_share=None,  # that share, in (0, 1] (default 1.0 with `shadow`)
+          log_inputs:bool=False) -> int: # store every input image in project storage, content-addressed
     "Serve `model` of `project` over HTTP until SIGINT/SIGTERM; returns 0 once stopped cleanly."
     import uvicorn
     from neuronb.pipeline.project import load_project
-    _check_settings(workers, max_batch, max_wait_ms, max_mb, log_every)
+    _check_settings(workers, max_batch, max_wait_ms, max_mb, log_every, shadow, shadow_share)
     _check_port(ip, port)
     proj = load_project(project)
     served = load_served(proj.store(), model)   # a bad or tampered model: refused before anything is bound
+    shadow_served = shadow and _load_shadow(proj.store(), shadow)
     token = access_token(ip, token)
     settings = dict(project=str(proj.root), model=model, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                    max_mb=max_mb, log_every=log_every, watch_every=watch_every)
+                    max_mb=max_mb, log_every=log_every, watch_every=watch_every, shadow=shadow, shadow_share=shadow_share,
+                    log_inputs=log_inputs)
     link = serve_link(ip, port, token)
+    also = (f"; shadow {shadow_served.version} ({shadow}) also answers {float(shadow_share or 1):.0%} of the predictions, logged only"
+            if shadow else '') + ('; inputs are stored' if log_inputs else '')
     echo(f"Serving model {served.version} ({model}) of {proj.name} with {workers} worker{'s' * (workers > 1)} on {link}; "
-         f"docs at {link.split('?')[0]}docs{'?token=' + token if token else ''}  (Ctrl-C stops it)", flush=True)
+         f"docs at {link.split('?')[0]}docs{'?token=' + token if token else ''}{also}  (Ctrl-C stops it)", flush=True)
     if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if workers == 1:
-            ms, app = _server_from(settings, served, echo)
+            ms, app = _server_from(settings, served, echo, shadow_served)
             uvicorn.Server(uvicorn.Config(app, host=ip, port=port, log_level='warning', access_log=False)).run()
         else: _serve_workers(settings, ip, port, workers)
     except KeyboardInterrupt: pass   # uvicorn stopped gracefully, then re-raised the signal it caught
