@@ -211,8 +211,9 @@ def _print_links(project, notebook, version, links, expires, ip, echo):
     from datetime import datetime, timezone
     until = f", valid until {datetime.fromtimestamp(expires, timezone.utc):%Y-%m-%d %H:%M} UTC" if expires else ''
     echo(f"Serving the demo of {project.name} ({notebook.relative_to(project.root)}, model {version}); "
-         f"private links{until} (Ctrl-C stops it):", flush=True)
+         f"private links{until}:", flush=True)
     for who, link in links.items(): echo(f"  {who:<12} {link}", flush=True)
+    echo("Each link is for one person; Ctrl-C stops the demo.", flush=True)
     from neuronb.gate import is_loopback
     if not is_loopback(ip):
         echo("Note: these links travel as plain HTTP; across an untrusted network put a TLS proxy in front or use an SSH tunnel.", flush=True)

@@ -248,7 +248,9 @@ def bind(ip, port) -> list:
     "Listening sockets on `ip:port`, taken before anything starts so a busy port fails at once."
     from tornado.netutil import bind_sockets
     try: return bind_sockets(port, ip)
-    except OSError as e: raise ConfigError(f"cannot listen on {ip}:{port} ({e.strerror}); pick another port with --port") from None
+    except OSError as e:
+        raise ConfigError(f"port {port} on {ip} is not free ({e.strerror}): another server uses it; stop that one or "
+                          f"pick another port with --port") from None
 
 async def run_gate(state, sockets, on_ready):
     "Serve the gate on `sockets` until SIGINT or SIGTERM; `on_ready()` once it listens."

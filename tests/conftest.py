@@ -91,3 +91,70 @@ def stop_server(proc, sig=None, timeout=60):
         except psutil.NoSuchProcess: pass
     proc.wait(10)
     return left
+
+
+def free_port():
+    "A port nothing listens on now, on 127.0.0.1."
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def until(check, what, timeout=60):
+    "Wait until `check()` is true (returning it), failing with `what` after `timeout` seconds."
+    import time
+    end = time.monotonic() + timeout
+    while not (ok := check()):
+        assert time.monotonic() < end, f'gave up waiting for {what}'
+        time.sleep(0.1)
+    return ok
+
+
+class DemoServer:
+    "`neuronb demo` (or any command printing its links the same way) in a subprocess: its private links, its kernels."
+    def __init__(self, cmd, env, ready='Ctrl-C stops the demo', preheated=False, timeout=180):
+        import re, subprocess, threading, time
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.out, self.links = [], {}
+        end = time.monotonic() + timeout
+        want = 'Preheated:' if preheated else ready
+        while not any(want in l for l in self.out):
+            line = self.proc.stdout.readline()
+            assert line and time.monotonic() < end, f'the server stopped before saying {want!r}:\n' + ''.join(self.out)
+            self.out.append(line)
+            if m := re.match(r'\s+(\S+)\s+(http://\S+)', line): self.links[m.group(1)] = m.group(2)
+        threading.Thread(target=lambda: self.out.extend(self.proc.stdout), daemon=True).start()   # its log must never fill the pipe
+        link = next(iter(self.links.values()))
+        self.port, self.token = int(re.search(r':(\d+)/', link).group(1)), link.split('token=')[1]
+
+    def link(self, who=None): return self.links[who] if who else next(iter(self.links.values()))
+
+    def get(self, path='/', method='GET', headers=None, body=None, token=True):
+        "`(status, headers, body)` of one request, signed in with the first link's token (as its cookie) unless `token=False`."
+        import http.client
+        conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=120)
+        h = dict(headers or {})
+        if token: h['Cookie'] = f'neuronb_demo_{self.port}={self.token if token is True else token}'
+        conn.request(method, path, body=body, headers=h)
+        r = conn.getresponse()
+        out = r.status, r.headers, r.read().decode('utf-8', 'replace')
+        conn.close()
+        return out
+
+    def kernels(self) -> list:
+        "The kernel processes Voila is running now."
+        import psutil
+        try: return [p for p in psutil.Process(self.proc.pid).children(recursive=True)
+                     if 'ipykernel_launcher' in ' '.join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE]
+        except psutil.NoSuchProcess: return []
+
+    def kernel_alive(self, kid) -> bool:
+        "Whether kernel `kid` still runs (its connection file is on its command line)."
+        import psutil
+        def alive(p):
+            try: return f'kernel-{kid}.json' in ' '.join(p.cmdline())
+            except psutil.Error: return False
+        return any(alive(p) for p in self.kernels())
+
+    def stop(self, sig=None) -> list:
+        return stop_server(self.proc, sig)

@@ -4,7 +4,7 @@ that sends no request off the machine (headless Chromium)."""
 import http.client, json, os, re, shutil, signal, socket, subprocess, sys, threading, time
 from pathlib import Path
 import psutil, pytest
-from conftest import stop_server
+from conftest import DemoServer, free_port, stop_server, until
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'WANDB_MODE': 'disabled'}
@@ -20,20 +20,6 @@ def neuronb(*args, timeout=600):
     return subprocess.run([str(BIN/'neuronb'), *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-
-def until(check, what, timeout=60):
-    "Wait until `check()` is true, failing with `what` after `timeout` seconds."
-    end = time.monotonic() + timeout
-    while not (ok := check()):
-        assert time.monotonic() < end, f'gave up waiting for {what}'
-        time.sleep(0.1)
-    return ok
-
-
 @pytest.fixture(scope='module')
 def project(tmp_path_factory):
     "A tiny example project with a trained model."
@@ -44,45 +30,19 @@ def project(tmp_path_factory):
     return root
 
 
-class Demo:
+def Demo(root, max_kernels=None, cull_idle=900, preheated=False, args=()):
     "A demo server we started: `neuronb demo` itself, or `serve_demo` with test settings."
-    def __init__(self, root, max_kernels=None, cull_idle=900):
-        self.port = _free_port()
-        cmd = ([str(BIN/'neuronb'), 'demo', str(root), '--port', str(self.port)] if max_kernels is None else
-               [sys.executable, '-c', SERVE, str(root), str(self.port), str(max_kernels), str(cull_idle)])
-        self.proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.out = []
-        end = time.monotonic() + 120
-        while not any('Serving the demo' in l for l in self.out):
-            line = self.proc.stdout.readline()
-            assert line and time.monotonic() < end, 'the demo stopped before serving:\n' + ''.join(self.out)
-            self.out.append(line)
-        threading.Thread(target=lambda: self.out.extend(self.proc.stdout), daemon=True).start()   # Voila's log must never fill the pipe
-
-    def get(self, path='/', method='GET', headers=None, body=None):
-        "`(status, headers, body)` of one request."
-        conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=120)
-        conn.request(method, path, body=body, headers=headers or {})
-        r = conn.getresponse()
-        out = r.status, r.headers, r.read().decode('utf-8', 'replace')
-        conn.close()
-        return out
-
-    def kernels(self) -> list:
-        "The kernel processes Voila is running now."
-        try: return [p for p in psutil.Process(self.proc.pid).children(recursive=True)
-                     if 'ipykernel_launcher' in ' '.join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE]
-        except psutil.NoSuchProcess: return []
-
-    def stop(self, sig=None) -> list:
-        return stop_server(self.proc, sig)
+    port = free_port()
+    cmd = ([str(BIN/'neuronb'), 'demo', str(root), '--port', str(port), *args] if max_kernels is None else
+           [sys.executable, '-c', SERVE, str(root), str(port), str(max_kernels), str(cull_idle)])
+    return DemoServer(cmd, ENV, preheated=preheated)
 
 
 def test_sigterm_stops_voila_and_every_kernel(project):
     demo = Demo(project)
     try:
-        for _ in range(2): assert demo.get()[0] == 200   # two visits, two kernels
-        assert len(demo.kernels()) == 2
+        for _ in range(3): assert demo.get()[0] == 200   # three visits: the two preheated kernels and one more
+        assert len(demo.kernels()) >= 3
     finally:
         left = demo.stop(signal.SIGTERM)
     assert left == [] and demo.proc.returncode == 0
@@ -90,7 +50,7 @@ def test_sigterm_stops_voila_and_every_kernel(project):
 
 def test_a_killed_server_takes_voila_and_its_kernels_with_it(project):
     demo = Demo(project)
-    try: assert demo.get()[0] == 200 and len(demo.kernels()) == 1
+    try: assert demo.get()[0] == 200 and len(demo.kernels()) >= 1
     finally: left = demo.stop(signal.SIGKILL)    # no cleanup runs in a killed process: Voila must notice by itself
     assert left == []
 
@@ -114,7 +74,7 @@ def test_a_damaged_model_bundle_is_refused_with_load_models_message(project, tmp
     cfg = copy/'data/models'/version/'config.json'
     cfg.write_text(cfg.read_text().replace('"classes"', '"classes" ', 1))   # one byte more: the manifest no longer vouches for it
     with pytest.raises(ModelError) as e: load_model(cfg.parent)
-    out = neuronb('demo', copy, '--port', _free_port(), timeout=120)
+    out = neuronb('demo', copy, '--port', free_port(), timeout=120)
     assert out.returncode == 1 and str(e.value) in out.stderr and 'does not match its SHA-256' in out.stderr
     assert 'Traceback' not in out.stderr and 'Voil' not in out.stdout + out.stderr
 
@@ -123,24 +83,40 @@ def test_the_pages_shutdown_request_is_honoured(project):
     demo = Demo(project)
     try:
         status, headers, page = demo.get()
-        assert status == 200 and len(demo.kernels()) == 1
-        xsrf = re.search(r'_xsrf=([^;]+)', ' '.join(headers.get_all('Set-Cookie') or []))
-        assert xsrf, 'the page sets no _xsrf cookie, so its shutdown request would be refused'
+        assert status == 200
         kid = KID_RE.search(page).group(1)
-        status, _, body = demo.get(f'/voila/api/shutdown/{kid}', 'POST', body=f'_xsrf={xsrf.group(1)}',   # as the page's beacon sends it
-                                   headers={'Cookie': f'_xsrf={xsrf.group(1)}', 'Content-Type': 'application/x-www-form-urlencoded'})
+        assert demo.kernel_alive(kid)
+        assert demo.get(f'/voila/api/shutdown/{kid}', 'POST', token='not-a-token')[0] == 403      # no one without a link may
+        status, _, body = demo.get(f'/voila/api/shutdown/{kid}', 'POST', body='_xsrf=', # as the page's beacon sends it
+                                   headers={'Content-Type': 'application/x-www-form-urlencoded'})
         assert status == 204, body
-        until(lambda: demo.kernels() == [], 'the kernel to shut down')
+        until(lambda: not demo.kernel_alive(kid), 'the kernel to shut down')
+    finally:
+        assert demo.stop() == []
+
+
+def test_links_are_private_per_visitor_and_may_expire(project):
+    "`--share a,b --ttl`: one link each, refused without one with a page a person reads, and none past its lifetime."
+    demo = Demo(project, args=['--share', 'sponsor,qa', '--ttl', '3s', '--preheat', '0'])
+    try:
+        assert set(demo.links) == {'sponsor', 'qa'} and demo.links['sponsor'] != demo.links['qa']
+        assert any('valid until' in l for l in demo.out)
+        status, _, page = demo.get(token=False)
+        assert status == 403 and 'This link is not valid' in page and 'private demo link' in page
+        assert 'password' not in page.lower() and 'jupyter' not in page.lower()   # never Jupyter's login page
+        assert demo.get()[0] == 200                                    # with the link's token (a cookie once signed in)
+        until(lambda: demo.get()[0] == 403, 'the link to expire', 30)
+        assert 'This link has expired' in demo.get()[2]
     finally:
         assert demo.stop() == []
 
 
 def test_kernels_are_capped_with_a_page_saying_so_and_idle_ones_culled(project):
-    demo = Demo(project, max_kernels=1, cull_idle=3)
+    demo = Demo(project, max_kernels=1, cull_idle=3, preheated=True)   # its one kernel is the preheated one
     try:
         assert demo.get()[0] == 200
         status, _, page = demo.get()
-        assert status == 503 and 'No session free' in page and 'All 1 demo sessions are in use; try again in a few minutes' in page
+        assert status == 503 and 'No demo session free' in page and 'All 1 demo sessions are in use; try again in a few minutes' in page
         assert 'cdn' not in page                                            # the error page stands alone too
         until(lambda: demo.kernels() == [], 'the idle kernel to be culled')
         until(lambda: demo.get()[0] == 200, "a visit once the culled kernel's place is free", 30)
@@ -171,7 +147,7 @@ def test_the_page_stays_on_the_machine_takes_big_uploads_and_refuses_bigger_ones
             page = browser.new_page()
             requests = []
             page.on('request', lambda r: requests.append(r.url))
-            page.goto(f'http://127.0.0.1:{demo.port}/', wait_until='domcontentloaded')
+            page.goto(demo.link(), wait_until='domcontentloaded')
             page.wait_for_selector('.nb-upload', timeout=90_000)
             assert 'up to 20 MB' in page.inner_text('.nb-upload-limit')
             page.wait_for_load_state('networkidle')
@@ -190,9 +166,10 @@ def test_the_page_stays_on_the_machine_takes_big_uploads_and_refuses_bigger_ones
             page.select_option('.nb-sample select', index=1)                   # the page's connection is still alive
             page.wait_for_function("old => document.querySelector('img.nb-image').src !== old", arg=shown, timeout=30_000)
             assert page.locator('.nb-prediction-value').count() == 1
-            assert len(demo.kernels()) == 1
+            kid = KID_RE.search(page.content()).group(1)
+            assert demo.kernel_alive(kid)
             page.goto('about:blank')                                            # leaving the page sends its shutdown request
-            until(lambda: demo.kernels() == [], "the closed page's kernel to shut down")
+            until(lambda: not demo.kernel_alive(kid), "the closed page's kernel to shut down")
             browser.close()
     finally:
         assert demo.stop() == []

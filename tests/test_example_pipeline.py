@@ -2,7 +2,7 @@
 import io, json, os, socket, subprocess, sys, time
 from pathlib import Path
 import pytest
-from conftest import stop_server
+from conftest import DemoServer, stop_server
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'WANDB_MODE': 'disabled'}
@@ -187,14 +187,9 @@ CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-backg
 @pytest.fixture
 def demo_server(example):
     root, _ = example
-    port = _free_port()
-    proc = subprocess.Popen([str(BIN/'neuronb'), 'demo', str(root), '--port', str(port)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        _wait_port(port, proc)
-        yield root, port
-    finally:
-        assert stop_server(proc) == [], "the demo left processes behind"   # Voila and every kernel gone
+    demo = DemoServer([str(BIN/'neuronb'), 'demo', str(root), '--port', str(_free_port()), '--share', 'qa'], ENV, preheated=True)
+    try: yield root, demo
+    finally: assert demo.stop() == [], "the demo left processes behind"   # Voila and every kernel gone
 
 
 def _digit_on_paper(root):
@@ -215,7 +210,7 @@ def test_demo_predicts_an_uploaded_digit_in_chromium(demo_server, tmp_path):
     from playwright.sync_api import sync_playwright
     from PIL import Image
     from neuronb.train.model import load_model, predict_proba
-    root, port = demo_server
+    root, demo = demo_server
     png = _digit_on_paper(root)
     (tmp_path/'digit.png').write_bytes(png)
     latest = json.loads((root/'data/models/latest.json').read_text())['version']
@@ -224,7 +219,7 @@ def test_demo_predicts_an_uploaded_digit_in_chromium(demo_server, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS)
         page = browser.new_page()
-        page.goto(f'http://127.0.0.1:{port}/', wait_until='domcontentloaded')
+        page.goto(demo.link('qa'), wait_until='domcontentloaded')   # `neuronb demo --share qa` printed qa's link
         page.wait_for_selector('.nb-upload', timeout=90_000)
         assert 'test accuracy' in page.inner_text('.nb-model')
         with page.expect_file_chooser() as chooser:

@@ -39,9 +39,13 @@ def _notebook(path, store, who, boxes=False, review=False):
 
 
 def _serve(notebook):
-    from neuronb.demo import voila_command
+    "Voila on `notebook` alone, with neuronb's settings (its template, its kernel manager), on a free loopback port."
+    from neuronb import voila
     port = _free_port()
-    proc = subprocess.Popen(voila_command(notebook, port=port), env=ENV, cwd=notebook.parent,
+    conf = notebook.parent/f'voila-conf-{port}'
+    conf.mkdir()
+    cmd = voila.voila_server_command(notebook, voila.write_config(conf, voila.voila_config(port)))
+    proc = subprocess.Popen(cmd, env=voila.voila_env(f'label-app-{port}', extra=ENV), cwd=notebook.parent,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_port(port, proc)
     return proc, port
