@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_demo.ipynb #ed8a3437
 from __future__ import annotations
-import html, io, ipaddress, os, secrets, signal, socket, subprocess, sys, tempfile, time
+import html, io, os, secrets, shutil, signal, socket, subprocess, sys, tempfile, time
 from pathlib import Path
 from .core import ConfigError, DataError, NeuronbError, ParameterError
 from .voila import UPLOAD_LIMIT, UPLOAD_LIMIT_ENV, megabytes
@@ -256,10 +256,12 @@ def serve_demo(project=None,     # a `Project` or a path inside one (default: th
         expires = time.time() + life if life else None
         config = voila.voila_config(upstream, '127.0.0.1', secret, max_kernels, cull_idle, cull_interval, upload_limit,
                                     person_header=VISITOR_HEADER, preheat=preheat, log_level='WARN')
-        with tempfile.TemporaryDirectory(prefix='neuronb-demo-') as conf, tempfile.TemporaryDirectory(prefix='ready-', dir=state_dir) as ready:
+        ready = state_dir/f'ready-{port}'   # this server's (a killed one's may be left: emptied first)
+        shutil.rmtree(ready, ignore_errors=True); ready.mkdir()
+        with tempfile.TemporaryDirectory(prefix='neuronb-demo-') as conf:
             log = state_dir/f'voila-{port}.log'
             log.write_bytes(b'')
-            env = voila.voila_env(marker, upload_limit, extra={READY_ENV: ready})
+            env = voila.voila_env(marker, upload_limit, extra={READY_ENV: str(ready)})
             env.pop(voila.header_env(VISITOR_HEADER), None)   # only the gate says who visits
             proc = voila.start_voila(notebook, voila.write_config(conf, config), env, log)
             voila.wait_listening(upstream, proc, log)
@@ -276,6 +278,7 @@ def serve_demo(project=None,     # a `Project` or a path inside one (default: th
     finally:
         voila.on_sigterm(signal.SIG_IGN)   # asyncio dropped its handler; a second SIGTERM must not cut the cleanup short
         if proc is not None: voila.stop_voila(proc, marker)
+        shutil.rmtree(state_dir/f'ready-{port}', ignore_errors=True)
         for sock in sockets: sock.close()
         if previous is not None: voila.on_sigterm(previous)
 

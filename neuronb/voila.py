@@ -9,10 +9,10 @@ from pathlib import Path
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['UPLOAD_LIMIT', 'UPLOAD_LIMIT_ENV', 'MARKER_ENV', 'TEMPLATE', 'KERNEL_MANAGER', 'template_root', 'websocket_limit',
-           'megabytes', 'voila_config', 'header_env', 'set_xsrf_cookie', 'write_config', 'check_port',
-           'voila_server_command', 'voila_env', 'start_voila', 'wait_listening', 'processes_with_env', 'stop_voila',
-           'Stopped', 'raise_stopped', 'on_sigterm']
+__all__ = ['UPLOAD_LIMIT', 'UPLOAD_LIMIT_ENV', 'MARKER_ENV', 'TEMPLATE', 'KERNEL_MANAGER', 'REFILL_DELAY', 'template_root',
+           'websocket_limit', 'megabytes', 'voila_config', 'header_env', 'set_xsrf_cookie', 'write_config',
+           'check_port', 'voila_server_command', 'voila_env', 'start_voila', 'wait_listening', 'processes_with_env',
+           'stop_voila', 'Stopped', 'raise_stopped', 'on_sigterm']
 
 # %% ../nbs/71_voila.ipynb #94ea6319
 UPLOAD_LIMIT = 20 << 20          # bytes: the largest file a served page accepts
@@ -20,6 +20,7 @@ UPLOAD_LIMIT_ENV = 'NEURONB_UPLOAD_LIMIT'  # tells the kernels the limit, so the
 MARKER_ENV = 'NEURONB_VOILA'     # unique to one server, inherited by Voila and every kernel: what to sweep up at the end
 TEMPLATE = 'neuronb'             # Voila's lab template with nothing fetched off the machine
 KERNEL_MANAGER = 'neuronb.kernel_manager.CappedKernelManager'   # imported by Voila, by name, in its own process
+REFILL_DELAY = 5.0               # seconds: a preheated pool refills this long after a visit took a kernel
 
 def template_root() -> Path:
     "The Jupyter data folder that holds the `neuronb` Voila template (`voila/templates/neuronb`)."
@@ -58,7 +59,8 @@ def voila_config(port,                      # the port Voila listens on (never a
     if person_header:
         conf['http_header_envs'] = [person_header]
         km.update(owner_env=header_env(person_header), max_per_owner=max_per_person, **({'owner_message': person_message} if person_message else {}))
-    if preheat: conf.update(preheat_kernel=True, default_pool_size=preheat)
+    if preheat:   # refill the pool a while after a visit takes a kernel, not while that visitor's page is loading
+        conf.update(preheat_kernel=True, default_pool_size=preheat); km['fill_delay'] = REFILL_DELAY
     return {'Voila': voila, 'VoilaConfiguration': conf, 'CappedKernelManager': km}
 
 def header_env(header:str) -> str:
