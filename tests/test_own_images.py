@@ -263,24 +263,17 @@ def test_the_demo_shows_the_projects_class_names_in_chromium(folders_project, tm
     from playwright.sync_api import sync_playwright
     base, run, _ = folders_project
     assert run.returncode == 0
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
-    proc = subprocess.Popen([str(BIN/'neuronb'), 'demo', str(base/'pets'), '--port', str(port)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from conftest import DemoServer, free_port
+    demo = DemoServer([str(BIN/'neuronb'), 'demo', str(base/'pets'), '--port', str(free_port())], ENV)
+    proc = demo.proc
     try:
-        deadline = time.monotonic() + 90
-        while True:   # until the server listens (or dies, or the deadline passes)
-            assert proc.poll() is None, proc.stdout.read()
-            with socket.socket() as s:
-                if s.connect_ex(('127.0.0.1', port)) == 0: break
-            assert time.monotonic() < deadline, 'the demo server never listened'
-            time.sleep(0.2)
         _picture(np.random.default_rng(3), CLASSES['Æble grøn'], 300, 200).save(tmp_path/'apple.jpg')
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=[
                 '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
                 '--disable-component-update', '--disable-sync', '--no-first-run'])
             page = browser.new_page()
-            page.goto(f'http://127.0.0.1:{port}/', wait_until='domcontentloaded')
+            page.goto(demo.link(), wait_until='domcontentloaded')   # the printed private link
             page.wait_for_selector('.nb-upload', timeout=90_000)
             with page.expect_file_chooser() as chooser: page.click('.nb-upload')
             chooser.value.set_files(str(tmp_path/'apple.jpg'))
