@@ -142,22 +142,6 @@ def _show_instructions(app, text):
     note.add_class('nb-instructions')
     app.widget.children = (note, *app.widget.children)
 
-# %% ../../nbs/24_label.serve.ipynb #634b0617
-_KID = r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
-_SEG = r'(?:/[A-Za-z0-9_@+~-][A-Za-z0-9._@+~-]*)'
-_ROUTES = [(re.compile(r'/'), ('GET', 'HEAD'), 'page'),
-           (re.compile(rf'/voila/(?:static|templates|labextensions|api/themes){_SEG}+'), ('GET', 'HEAD'), 'asset'),
-           (re.compile(rf'/api/kernels/({_KID})'), ('GET',), 'kernel'),
-           (re.compile(rf'/api/kernels/({_KID})/channels'), ('GET',), 'channels'),
-           (re.compile(rf'/voila/api/shutdown/({_KID})'), ('POST',), 'kernel')]
-
-def _route(path:str) -> tuple|None:
-    "`(kind, methods, kernel id or None)` for a raw request path the gate forwards, else None."
-    if '%' in path or '\\' in path or any(s in ('', '.', '..') or s.startswith('.') for s in path.split('/')[1:-1]): return None
-    for pattern, methods, kind in _ROUTES:
-        if m := pattern.fullmatch(path): return kind, methods, (m.group(1) if m.groups() else None)
-    return None
-
 # %% ../../nbs/24_label.serve.ipynb #a5ebc3c9
 def voila_config(secret, port, max_kernels, max_per_annotator, cull_idle, cull_interval) -> dict:
     "The Voila configuration of a labeling server: loopback, its secret, the annotator header, both caps."
