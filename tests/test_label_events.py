@@ -317,3 +317,22 @@ def test_table_errors_name_the_first_bad_row():
     with pytest.raises(DataError, match=r"^annotations table row 2 \('a.png'\): annotator name '_x'"): events_from_table(t, files)
     with pytest.raises(DataError, match=r"^annotations table row 3 \('a.png'\): label '' \(str\)"): events_from_table(t.assign(annotator='w'), files)
     assert [e.label for e in events_from_table(t.assign(annotator='w', label=[1, 2.0, None, '4', ['x', 5], 'y']), files)] == ['1', '2', None, '4', ['x', '5'], 'y']
+
+
+def test_events_stored_before_the_prediction_fields_read_back(tmp_path):
+    "Batches and single events written before `prediction` and `model` existed read back with None; new ones keep them."
+    import json, io, pyarrow as pa, pyarrow.parquet as pq
+    from neuronb.label.events import EventStore, LabelEvent, item_hash, REQUIRED, _batch_columns, _event_columns
+    es = EventStore(tmp_path/'store')
+    old = [LabelEvent(item_hash(b'a'), 'alice', 'cat'), LabelEvent(item_hash(b'b'), 'bob', 'dog')]
+    cols = {k: v for k, v in _batch_columns(_event_columns(old)).items() if k in REQUIRED + ['labels']}
+    table = pa.table({k: pa.array(v, type=pa.float64() if k == 'seconds' else pa.list_(pa.string()) if k == 'labels' else pa.string())
+                      for k, v in cols.items()})
+    buf = io.BytesIO(); pq.write_table(table, buf)
+    es.store.write_bytes('labels/events/_batches/20260101T000000000000Z-0000000000.parquet', buf.getvalue())
+    single = {k: getattr(old[0], k) for k in REQUIRED} | {'id': '20260101T000001000000Z-0000000001', 'item': item_hash(b'c')}
+    es.store.write_bytes('labels/events/20260101/20260101T000001000000Z-0000000001.json', json.dumps(single).encode())
+    es.add(LabelEvent(item_hash(b'd'), 'qa', '7', source='demo', prediction='p-1', model='abc123'))
+    df = EventStore(tmp_path/'store').events()
+    assert len(df) == 4 and df.prediction.tolist() == [None, None, None, 'p-1'] and df.model.tolist()[-1] == 'abc123'
+    with pytest.raises(DataError, match="prediction=5 is not an id"): LabelEvent(item_hash(b'e'), 'qa', '7', prediction=5)

@@ -13,8 +13,9 @@ from ..data.versions import create_new
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['KINDS', 'FIELDS', 'AGGREGATORS', 'item_hash', 'LabelEvent', 'EventStore', 'read_item', 'events_frame_from_table',
-           'events_from_table', 'current_labels', 'item_agreement', 'disagreements', 'aggregate', 'annotator_accuracy']
+__all__ = ['KINDS', 'FIELDS', 'OPTIONAL', 'REQUIRED', 'AGGREGATORS', 'item_hash', 'LabelEvent', 'EventStore', 'read_item',
+           'events_frame_from_table', 'events_from_table', 'current_labels', 'item_agreement', 'disagreements',
+           'aggregate', 'annotator_accuracy']
 
 # %% ../../nbs/21_label.events.ipynb #b1ab73c8
 KINDS = ('label', 'skip', 'undo', 'review', 'correction')
@@ -113,6 +114,8 @@ class LabelEvent:
     source: str = 'app'        # 'app', 'toloka', 'mturk', 'labelstudio', 'cvat', 'coco', 'yolo', 'voc', ...
     id: str = ''               # unique, sortable by creation time (generated when empty)
     ts: str = ''               # ISO-8601 UTC (generated with the id)
+    prediction: str|None = None # the prediction this event answers (demo feedback): its id in the prediction log
+    model: str|None = None     # the model version that made that prediction
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -125,6 +128,9 @@ class LabelEvent:
         set_('seconds', _check_seconds(self.seconds)); set_('schema', str(self.schema))
         if self.parent is not None and not isinstance(self.parent, str):
             raise DataError(f"parent={self.parent!r} is not an event id; pass the id of the event this one refers to")
+        for k in OPTIONAL:
+            if getattr(self, k) is not None and not (isinstance(getattr(self, k), str) and getattr(self, k)):
+                raise DataError(f"{k}={getattr(self, k)!r} is not an id; pass the {k}'s id as text, or leave it out")
         if not self.id:
             i, t = _new_id_ts(); set_('id', i); set_('ts', self.ts or t)
             return
@@ -133,6 +139,13 @@ class LabelEvent:
         if not self.ts: set_('ts', _new_id_ts()[1])
 
 FIELDS = [f.name for f in fields(LabelEvent)]
+OPTIONAL = ('prediction', 'model')   # added later: events stored before them read back with None
+REQUIRED = [k for k in FIELDS if k not in OPTIONAL]
+
+def _with_optional(df):
+    "`df` with the optional columns an older frame or file lacks, as None."
+    missing = [k for k in OPTIONAL if k not in df.columns]
+    return df.assign(**{k: None for k in missing}) if missing else df
 
 # %% ../../nbs/21_label.events.ipynb #3cf886f0
 def _new_ids(n:int) -> tuple:
@@ -242,9 +255,10 @@ def _kind_name(k):
 def _checked_frame(df) -> dict:
     "The columns of an events frame checked as `LabelEvent` checks one event (missing ids and times filled in); errors name the row."
     import numpy as np, pandas as pd
-    missing = [k for k in FIELDS if k not in df.columns]
+    missing = [k for k in REQUIRED if k not in df.columns]
     if missing: raise ParameterError(f"add_many got a frame without column {', '.join(missing)}; pass the frame "
                                      f"events_frame_from_table or EventStore.events() returns, or a list of LabelEvents")
+    df = _with_optional(df)
     n = len(df)
     raw = {k: np.array(df[k].to_numpy(dtype=object), dtype=object) for k in FIELDS}  # copies: the caller's frame stays as it is
     t = {k: _types(raw[k]) for k in FIELDS}
@@ -263,6 +277,7 @@ def _checked_frame(df) -> dict:
     ok &= ~kind_in(_NEEDS_PARENT) | ((t['parent'] == str) & ~empty('parent'))
     ok &= ~kind_in(('label', 'correction', 'review')) | ~(none['label'] & none['boxes'])
     ok &= none['parent'] | (t['parent'] == str)
+    for k in OPTIONAL: ok &= none[k] | ((t[k] == str) & ~empty(k))
     sec = df['seconds']
     if sec.dtype.kind in 'fiu':
         cols['seconds'] = sec.to_numpy(dtype=float)
@@ -441,9 +456,10 @@ def _batch_frame(self, name, data):
     import pyarrow.parquet as pq
     try: table = pq.read_table(io.BytesIO(data))
     except Exception as e: raise _corrupt(self, name, f"not a Parquet file: {type(e).__name__}: {e}") from None
-    if any(k not in table.column_names for k in FIELDS + ['labels']): raise _corrupt(self, name, "columns of label events missing")
+    if any(k not in table.column_names for k in REQUIRED + ['labels']): raise _corrupt(self, name, "columns of label events missing")
     import numpy as np
-    cols = {k: np.array(table.column(k).to_numpy(), dtype=float if k == 'seconds' else object) for k in FIELDS}
+    cols = {k: np.array(table.column(k).to_numpy(), dtype=float if k == 'seconds' else object) if k in table.column_names
+            else np.full(len(table), None, object) for k in FIELDS}   # a batch stored before the optional fields: None
     def valid(k): return np.flatnonzero(table.column(k).is_valid().to_numpy())
     if table.column('labels').null_count < len(table):  # multi-label rows: their lists
         m = valid('labels'); cols['label'][m] = _objects(table.column('labels').take(m).to_pylist(), len(m))
@@ -634,8 +650,9 @@ def _frame(events):
     import pandas as pd
     if isinstance(events, EventStore): return events.events()
     if isinstance(events, pd.DataFrame):
-        missing = [k for k in FIELDS if k not in events.columns]
+        missing = [k for k in REQUIRED if k not in events.columns]
         if missing: raise ParameterError(f"the events frame has no column {', '.join(missing)}; pass EventStore.events()")
+        events = _with_optional(events)
         return events if events.id.is_monotonic_increasing else events.sort_values('id', kind='stable', ignore_index=True)
     if isinstance(events, (list, tuple)) and all(isinstance(e, LabelEvent) for e in events):
         return _frame_from_rows([_event_dict(e) for e in events]).sort_values('id', kind='stable', ignore_index=True)
