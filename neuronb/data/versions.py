@@ -14,13 +14,15 @@ from .storage import open_store, Store, NotInStore, check_image, sha256_bytes, _
 from ..core import StorageError, DataError, StatCache, atomic_write, utc_now
 
 # %% auto #0
-__all__ = ['VERSIONS', 'IMAGE_SUFFIXES', 'SourceFile', 'create_new', 'default_cache_path', 'list_source', 'AddReport',
-           'hash_files', 'add_files', 'remove_files', 'commit', 'ingest_source', 'datasets', 'log', 'resolve',
-           'version_files', 'diff', 'status', 'unstage', 'checkout', 'push', 'pull', 'verify', 'gc']
+__all__ = ['VERSIONS', 'IMAGE_SUFFIXES', 'FEEDBACK_FOLDER', 'SourceFile', 'create_new', 'default_cache_path', 'list_source',
+           'AddReport', 'hash_files', 'add_files', 'remove_files', 'stage_objects', 'commit', 'ingest_source',
+           'datasets', 'log', 'resolve', 'version_files', 'diff', 'status', 'unstage', 'checkout', 'push', 'pull',
+           'verify', 'gc']
 
 # %% ../../nbs/12_data.versions.ipynb #1ca7bcdf
 VERSIONS = 'versions'
 IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.gif', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm'}
+FEEDBACK_FOLDER = '_feedback'   # the folder of a dataset where the demo's feedback pictures join it; ingesting a source keeps it
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$')
 
 def _check_dataset(name) -> str:
@@ -353,6 +355,7 @@ def add_files(store,              # a `Store` or a URL for `open_store`
               pattern='*',        # keep source names matching this (`*.png`: PNGs at any depth)
               into='',            # a folder inside the dataset to put the files in
               replace=False,      # make the dataset exactly the source: names not in it are removed
+              keep=(),            # with `replace`: folders of the dataset that stay as they are (e.g. the demo's feedback)
               validate=True,      # decode image files fully and reject unreadable or truncated ones
               images_only=False,  # reject every file that is not a readable image
               cache=None,         # the stat cache file (default `default_cache_path()`; False: none)
@@ -373,7 +376,12 @@ def add_files(store,              # a `Store` or a URL for `open_store`
     fn = lambda f: _store_file(store, f, cache, check, have, local)
     results = _run_batches(fn, srcs, workers, progress)
     changes, sizes, rep = _classify(results, files, replace, into)
-    if replace: rep.removed = sorted(set(files) - {f"{into}{r[0]}" for r in results if not r[3]})
+    if replace and len(rep.rejected) == len(srcs):  # staging this would empty the dataset: refuse, stage nothing
+        raise DataError(f"none of the {len(srcs)} files of {source} is a readable image (e.g. {rep.rejected[0][0]}: "
+                        f"{rep.rejected[0][1]}); nothing was staged. Point the source at a folder of images")
+    if replace:
+        kept = tuple(f"{k.strip('/')}/" for k in keep)
+        rep.removed = sorted(n for n in set(files) - {f"{into}{r[0]}" for r in results if not r[3]} if not n.startswith(kept))
     if changes or rep.removed:
         delta = {'set': changes, 'sizes': sizes, 'remove': rep.removed, 'time': utc_now('seconds'), 'source': f"{len(srcs)} files" if _is_files(source) else str(source)}
         store.write_json(f"{_staged(ds)}/{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json", delta)
@@ -396,6 +404,22 @@ def remove_files(store,          # a `Store` or a URL for `open_store`
     store.write_json(f"{_staged(ds)}/{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json",
                      {'set': {}, 'sizes': {}, 'remove': gone, 'time': utc_now('seconds')})
     return gone
+
+# %% ../../nbs/12_data.versions.ipynb #d77a9843
+def stage_objects(store,         # a `Store` or a URL for `open_store`
+                  files:dict,    # {name in the dataset: object hash} of objects already in the store (`Store.put_object`)
+                  dataset='raw', # the dataset to stage them in
+                  remove=(),     # names to take out of it in the same change
+                  source=''):    # where they came from, kept with the change
+    "Stage files whose content is in the object store already (and removals) as one change to `dataset`; `commit` makes it a version."
+    store, ds = open_store(store), _check_dataset(dataset)
+    rels = {n: _object_rel(h, _ext(n)) for n, h in files.items()}
+    lost = [n for n, rel in rels.items() if not store.exists(rel)]
+    if lost: raise DataError(f"{len(lost)} of the files to stage in {ds!r} are not in the object store (e.g. {lost[0]}); "
+                             f"store their bytes first with put_object(data, ext)")
+    sizes = {files[n]: store.fs.size(store.path(rel)) for n, rel in rels.items()}
+    store.write_json(f"{_staged(ds)}/{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json",
+                     {'set': dict(files), 'sizes': sizes, 'remove': sorted(remove), 'time': utc_now('seconds'), 'source': source})
 
 # %% ../../nbs/12_data.versions.ipynb #151e27b5
 def _changes(old:dict, new:dict) -> dict:
@@ -445,15 +469,12 @@ def ingest_source(store,          # a `Store` or a URL for `open_store`
                   cache=None,     # the stat cache file (see `add_files`)
                   progress=True,
                   **storage_options) -> tuple:
-    "Commit the images of `source` as the next version of `dataset`: `(AddReport, version record)`; unchanged data commits nothing."
+    "Commit the images of `source` as the next version of `dataset` (its feedback folder kept): `(AddReport, version record)`; unchanged data commits nothing."
     if not isinstance(limit, int) or limit < 0: raise DataError(f"limit must be a whole number ≥ 0 (0: every file), got {limit!r}")
     files = list_source(source, pattern, **storage_options)
     if not files: raise DataError(f"no files matching {pattern!r} in {source}; check the source and the pattern")
     files = files[:limit] if limit else files
-    rep = add_files(store, files, dataset, replace=True, images_only=True, cache=cache, progress=progress)
-    if len(rep.rejected) == rep.files:
-        raise DataError(f"none of the {rep.files} files of {source} is a readable image (e.g. {rep.rejected[0][0]}: "
-                        f"{rep.rejected[0][1]}); point the ingest stage's `source` at a folder of images")
+    rep = add_files(store, files, dataset, replace=True, keep=(FEEDBACK_FOLDER,), images_only=True, cache=cache, progress=progress)
     return rep, commit(store, dataset, message or f"{rep.files} files from {source}")
 
 # %% ../../nbs/12_data.versions.ipynb #33c4582b

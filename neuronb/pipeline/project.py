@@ -11,8 +11,9 @@ from pathlib import Path
 from ..core import ConfigError, NeuronbError, StageFailed, PIPELINE_FILE, find_project_dir, atomic_write
 
 # %% auto #0
-__all__ = ['DEFAULT_GATE', 'Stage', 'Project', 'producers', 'dependencies', 'upstream', 'downstream', 'check_graph', 'load_yaml',
-           'parse_pipeline', 'parse_labeling', 'parse_promote', 'load_project', 'check_parameters', 'parse_overrides']
+__all__ = ['DEFAULT_GATE', 'TRUST', 'Stage', 'Project', 'producers', 'dependencies', 'upstream', 'downstream', 'check_graph',
+           'load_yaml', 'parse_pipeline', 'parse_labeling', 'parse_promote', 'parse_feedback', 'load_project',
+           'check_parameters', 'parse_overrides']
 
 # %% ../../nbs/61_pipeline.project.ipynb #a0140a62
 @dataclass
@@ -39,6 +40,7 @@ class Project:
     labeling: dict|None = None  # the `labeling:` block: what `neuronb label serve` serves (see `parse_labeling`)
     dataset: str = 'images'     # the dataset of the project's images in its storage: what ingest commits and the stages read
     promote: dict = field(default_factory=lambda: dict(DEFAULT_GATE))  # the promotion gate (see `parse_promote`)
+    feedback: dict = field(default_factory=lambda: {'trust': 'review'})  # what the demo's feedback does (see `parse_feedback`)
 
     @property
     def runs_dir(self): return self.root/'runs'
@@ -152,7 +154,7 @@ def load_yaml(text:str, path='pipeline.yaml'):
     except yaml.YAMLError as e: raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
 
 # %% ../../nbs/61_pipeline.project.ipynb #b9dd7c21
-_PROJECT_KEYS = {'name', 'dataset', 'storage', 'kernel', 'timeout', 'stages', 'registry', 'labeling', 'promote'}
+_PROJECT_KEYS = {'name', 'dataset', 'storage', 'kernel', 'timeout', 'stages', 'registry', 'labeling', 'promote', 'feedback'}
 _STAGE_KEYS = {'notebook', 'parameters', 'timeout', 'inputs', 'outputs', 'needs'}
 _NAME_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_-]*$')
 
@@ -199,7 +201,8 @@ def parse_pipeline(text:str, root:Path, path='pipeline.yaml') -> Project:
                       str(cfg.get('kernel', 'python3')), int(cfg.get('timeout', 900)),
                       [_parse_stage(n, s, path) for n, s in stages.items()], cfg.get('registry'),
                       parse_labeling(cfg['labeling'], path) if cfg.get('labeling') is not None else None,
-                      _dataset_name(cfg.get('dataset', 'images'), path), parse_promote(cfg.get('promote'), path))
+                      _dataset_name(cfg.get('dataset', 'images'), path), parse_promote(cfg.get('promote'), path),
+                      parse_feedback(cfg.get('feedback'), path))
     check_graph(project, path)
     return project
 
@@ -244,6 +247,19 @@ def parse_promote(spec, path='pipeline.yaml') -> dict:
     if goal not in ('maximize', 'minimize'): raise ConfigError(f"{path}: promote.goal must be maximize or minimize, not {goal!r}")
     return {'metric': metric, 'min': _number(spec, 'min', path), 'beat': None if beat in (None, 'none') else beat,
             'by': _number(spec, 'by', path) or 0.0, 'goal': goal}
+
+TRUST = ('review', 'direct')
+
+def parse_feedback(spec, path='pipeline.yaml') -> dict:
+    "The `feedback:` block checked: `trust: review` (default) trains on a stakeholder's correction once a reviewer accepts it, `direct` at once."
+    if spec is None: return {'trust': 'review'}
+    if not isinstance(spec, dict): raise ConfigError(f"{path}: `feedback` must be a mapping, e.g. feedback: {{trust: review}}")
+    _check_keys(spec, {'trust'}, '`feedback`', path)
+    trust = spec.get('trust', 'review')
+    if trust not in TRUST:
+        raise ConfigError(f"{path}: feedback.trust must be review (a reviewer accepts each correction first) or direct "
+                          f"(the next run trains on it as given), not {trust!r}")
+    return {'trust': trust}
 
 # %% ../../nbs/61_pipeline.project.ipynb #e8ccff61
 def load_project(path=None) -> Project:
