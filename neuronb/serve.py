@@ -22,7 +22,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 import prometheus_client as prom
 from .core import DataError, ModelError, NeuronbError
-from .data.images import decode_image, image_info
+from .data.images import decode_image, image_info, image_ext
 from .train.model import load_model, predict_proba, preprocess
 from .train.registry import fetch_model, lineage, resolve_version
 
@@ -213,19 +213,11 @@ class PredictionLog:
                 del self.rows[:len(self.rows) - self.max_rows]
 
 # %% ../nbs/72_serve.ipynb #836baad1
-_FORMAT_EXT = {'JPEG': '.jpg', 'TIFF': '.tif'}
-
-def _input_ext(data:bytes) -> str:
-    "The extension an input image is stored under, from its format ('.png', '.jpg', ...)."
-    try: fmt = image_info(data)['format'] or ''
-    except Exception: fmt = ''   # it decoded for the model; a header this cannot name is stored without an extension
-    return _FORMAT_EXT.get(fmt, f".{fmt.lower()}" if fmt else '')
-
 def _store_inputs(store, rows:list):
     "Put the input images rows carry (`_input`) in the object store by their SHA-256; each row then says its `input_ext`."
     for r in rows:
         if r.get('_input') is None: continue
-        ext = _input_ext(r['_input'])
+        ext = image_ext(r['_input'])
         store.put_object(r['_input'], ext)   # written only if new: an image uploaded twice is stored once
         r['input_ext'] = ext; del r['_input']   # only now: a failed write keeps the bytes for the next flush
 

@@ -12,7 +12,7 @@ from ..core import DataError
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'BACKGROUND', 'GRAY_MODES', 'ImageError', 'as_8bit', 'decode_image', 'image_info', 'image_size',
-           'fit_image', 'image_array']
+           'image_ext', 'fit_image', 'image_array']
 
 # %% ../../nbs/10a_data.images.ipynb #855367fc
 MAX_PIXELS = 89_478_485   # Pillow's own warning threshold (about 9,500 × 9,500): above it, a file is refused
@@ -141,6 +141,15 @@ def image_size(src, name:str|None=None) -> tuple:
     "`(width, height)` of `src` as `decode_image` gives it (upright), from the header only."
     info, orientation = _header(src, name)
     return (info['height'], info['width']) if orientation in (5, 6, 7, 8) else (info['width'], info['height'])
+
+# %% ../../nbs/10a_data.images.ipynb #0f5f9838
+_FORMAT_EXT = {'JPEG': '.jpg', 'TIFF': '.tif'}
+
+def image_ext(data:bytes) -> str:
+    "The extension image bytes are stored under, from the format their header names ('.png', '.jpg', ...; '' when it names none)."
+    try: fmt = image_info(data)['format'] or ''
+    except (DataError, OSError, ValueError): fmt = ''   # a header this cannot name: stored without an extension
+    return _FORMAT_EXT.get(fmt, f".{fmt.lower()}" if fmt else '')
 
 # %% ../../nbs/10a_data.images.ipynb #eb1bd8d7
 def fit_image(img:Image.Image, # from `decode_image`

@@ -461,8 +461,9 @@ class ReviewApp(LabelingApp):
 # %% ../../nbs/23_label.app.ipynb #b688fdad
 @patch
 def _queue_items(self:ReviewApp, items) -> list:
-    "The disputed items as `(name, hash)` pairs, with the annotators' votes kept in `self.votes`."
+    "Stakeholders' pending demo feedback, then the disputed items, as `(name, hash)` pairs; the annotators' votes kept in `self.votes`."
     from neuronb.label.events import current_labels, disagreements
+    from neuronb.feedback import _feedback_table
     df = self.events.events()
     names = {h: n for n, h in _as_items(items)} if items is not None else {}
     for r in df.dropna(subset=['name']).itertuples(): names.setdefault(r.item, r.name)
@@ -470,7 +471,9 @@ def _queue_items(self:ReviewApp, items) -> list:
     cur = cur[(cur.kind != 'skip') & cur.label.notna() & (cur.annotator != self.annotator)]
     self.votes = {}
     for r in cur.itertuples(): self.votes.setdefault(r.item, []).append((r.annotator, r.label, r.id))
-    return [(names.get(h, h), h) for h in disagreements(df)]
+    fb = _feedback_table(df)
+    pending = list(dict.fromkeys(fb.item[fb.state == 'pending']))   # a stakeholder said what the model got wrong (or right)
+    return [(names.get(h, h), h) for h in pending + [h for h in disagreements(df) if h not in set(pending)]]
 
 def _same(a, b) -> bool: return (sorted(a) if isinstance(a, list) else a) == (sorted(b) if isinstance(b, list) else b)
 

@@ -184,13 +184,14 @@ def import_folder_labels(project, dataset=None) -> dict:
     import pandas as pd
     from neuronb.data.versions import version_files, resolve
     from neuronb.pipeline.init import _class_of
+    from neuronb.data.versions import FEEDBACK_FOLDER
     dataset = _dataset(project, dataset)
     store = project.store()
     version = resolve(store, 'latest', dataset)['id']
     files = version_files(store, version, dataset)
     ev = project_events(store)
     done = set(ev.item[ev.annotator == FOLDER_ANNOTATOR])
-    rows = [(n, _class_of(n)) for n, h in files.items() if h not in done]
+    rows = [(n, _class_of(n)) for n, h in files.items() if h not in done and not n.startswith(f"{FEEDBACK_FOLDER}/")]  # feedback: labeled by its events
     unfoldered = [n for n, c in rows if c is None]
     rows = [(n, c) for n, c in rows if c is not None]
     if rows:
@@ -227,8 +228,9 @@ def aggregate_project(project, method:str='dawid-skene', # 'dawid-skene' or 'maj
     from neuronb.label.events import current_labels
     from neuronb.data.prepare import label_cell
     store, dataset = project.store(), _dataset(project, dataset)
+    from neuronb.feedback import trusted_events
     names = {h: n for n, h in version_files(store, 'latest', dataset).items()}
-    events = project_events(store)
+    events = trusted_events(project_events(store), project.feedback.get('trust', 'review'))   # the demo's answers once reviewed
     events = events[events.item.isin(names)]
     if not len(events):
         return {'labels': pd.DataFrame(columns=LABEL_COLUMNS), 'workers': annotator_accuracy(events),
@@ -263,7 +265,8 @@ def current_table(project, method='dawid-skene', dataset=None) -> 'pd.DataFrame'
     store = project.store()
     dataset = _dataset(project, dataset)
     names = {h: n for n, h in version_files(store, 'latest', dataset).items()}
-    agg = aggregate(project_events(store), method)
+    from neuronb.feedback import trusted_events
+    agg = aggregate(trusted_events(project_events(store), project.feedback.get('trust', 'review')), method)
     agg = agg[agg.item.isin(names)]
     sizes = [_image_size(read_item(store, h, names[h])) for h in agg.item]
     return pd.DataFrame({'name': [names[h] for h in agg.item], 'annotator': None, 'label': agg.label.tolist(), 'boxes': None,

@@ -15,7 +15,7 @@ from .fingerprint import stage_parts, fingerprint, output_hashes, why_changed
 
 # %% auto #0
 __all__ = ['StagePlan', 'plan_stage', 'pipeline_status', 'select_stages', 'StageOutcome', 'PipelineRun', 'check_storage',
-           'bury_dead_runs', 'run_pipeline', 'RunInterrupted', 'summary_table', 'toy_project']
+           'bury_dead_runs', 'join_waiting_feedback', 'run_pipeline', 'RunInterrupted', 'summary_table', 'toy_project']
 
 # %% ../../nbs/64_pipeline.engine.ipynb #2c7b1417
 @dataclass
@@ -318,6 +318,13 @@ def bury_dead_runs(project, registry, echo=print) -> list:
         buried.append(r['run_id'])
     return buried
 
+def join_waiting_feedback(project, store, echo=print) -> dict|None:
+    "Join the demo's feedback that may train to the project's dataset (call it holding the lock): the label stage then runs again."
+    from neuronb.label.project import APP_EVENTS
+    if not store.listdir(APP_EVENTS): return None   # no event from the labeling app or the demo: nothing to read
+    from neuronb.feedback import join_feedback
+    return join_feedback(project, echo)
+
 # %% ../../nbs/64_pipeline.engine.ipynb #62f3d840
 def _check_left_out(project, overrides, considered, echo):
     "Overrides for stages this run leaves out are checked like any other (a typo is an error), and said to be unused."
@@ -356,7 +363,7 @@ def run_pipeline(project,            # a `Project`, or a path inside one
         r = _Runner(project, params, echo, argv, pool, jobs if pool is not False else 0)
         r.store = lambda: store
         try:
-            if lock.token: bury_dead_runs(project, r.registry, echo)
+            if lock.token: bury_dead_runs(project, r.registry, echo); join_waiting_feedback(project, store, echo)
             outcomes = r.schedule(considered, set(forced), jobs)
             run = PipelineRun(r.run_id, r.folder, outcomes)
             if r.run_id: _finish(r, run, 'interrupted' if r.interrupt.fired else 'ok' if run.ok else 'failed')
