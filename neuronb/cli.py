@@ -9,8 +9,8 @@ from pathlib import Path
 from .core import NeuronbError
 
 # %% auto #0
-__all__ = ['cmd_models', 'cmd_label', 'cmd_train', 'cmd_serve', 'cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status', 'cmd_runs',
-           'cmd_show', 'cmd_sync', 'cmd_sweep', 'cmd_data', 'main']
+__all__ = ['cmd_models', 'cmd_feedback', 'cmd_label', 'cmd_train', 'cmd_serve', 'cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status',
+           'cmd_runs', 'cmd_show', 'cmd_sync', 'cmd_sweep', 'cmd_data', 'main']
 
 # %% ../nbs/90_cli.ipynb #4020ef14
 _EPILOG = """examples:
@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     _label_parser(sub)
     _train_parser(sub)
     _models_parser(sub)
+    _feedback_parser(sub)
     _serve_parser(sub)
     return p
 
@@ -166,18 +167,22 @@ def cmd_models(args):
     import neuronb.train.registry as reg
     if not args.models_command: raise NeuronbError("say what to do: neuronb models {list,show,promote,rollback,diff,reproduce} (see --help)")
     if args.models_command == 'reproduce': return _reproduce(args)
-    store, cmd = load_project(args.dir).store(), args.models_command
+    project = load_project(args.dir)
+    store, cmd = project.store(), args.models_command
     if cmd == 'list':
         rows = reg.model_table(store)
         return _print_json(rows) if args.json else _print_models(rows)
     if cmd == 'show':
+        from neuronb.feedback import feedback_in_data
         s = reg.model_story(store, args.version)
+        s['feedback'] = feedback_in_data(store, s['lineage'].get('data_version') or s['config'].get('data_version'), project.dataset)
         if args.json: return _print_json(s)
         lin = s['lineage']
         print(f"model {s['version']}" + (f"  ({', '.join(s['aliases'])})" if s['aliases'] else ''))
         print(f"  trained in run {lin.get('run_id') or '(not recorded)'} on data {lin.get('data_version') or '?'}; {_fmt_metrics(lin.get('metrics'))}")
         print(f"  {s['config'].get('arch')} at {s['config'].get('size')} px, {len(s['config'].get('classes', []))} classes")
         if lin.get('parameters'): print(f"  parameters: {', '.join(f'{k}={v}' for k, v in lin['parameters'].items())}")
+        if s['feedback']['items']: print("  " + _feedback_line(s['feedback']))
         for e in s['events']: _print_event(e)
         return 0
     if cmd == 'diff':
@@ -216,6 +221,65 @@ def _reproduce(args) -> int:
     print(f"NOT reproduced: {len(r.mismatches)} metric(s) differ" + (" and inputs changed" if r.changed else '')
           + f"; compare the notebooks in {os.path.relpath(r.folder/'runs'/r.new_run)} with the run's own ({r.run_id})", file=sys.stderr)
     return 1
+
+# %% ../nbs/90_cli.ipynb #189a1675
+def _feedback_parser(sub):
+    f = sub.add_parser('feedback', help="stakeholders' answers from the demo: list, accept, reject, join the training data",
+                       description="Each \"right\" or \"wrong -> the right label\" a stakeholder gives on the demo page is a label "
+                                   "event with its picture. Under feedback: {trust: review} (the default) a reviewer accepts or rejects "
+                                   "each (here, or in the review app); `neuronb run` joins what may train to the dataset as a new version.")
+    f.add_argument('--dir', default='.', help='the project folder (default: current folder)')
+    fsub = f.add_subparsers(dest='feedback_command', metavar='FEEDBACK_COMMAND')
+    def at(parser):
+        parser.add_argument('--dir', default=argparse.SUPPRESS, help='the project folder (default: current folder)')
+        parser.add_argument('--json', action='store_true', help='print JSON for scripts and CI instead of lines'); return parser
+    l = at(fsub.add_parser('list', help='every answer in force: picture, who, label, the prediction it answers, its state'))
+    l.add_argument('--state', choices=['pending', 'accepted', 'rejected'], help='only answers in this state')
+    a = at(fsub.add_parser('accept', help="accept the answers about one picture: it may train (with the visitor's label or --label)"))
+    a.add_argument('item', metavar='ITEM', help='the picture: its hash or a unique prefix (from `neuronb feedback list`)')
+    a.add_argument('--label', help="the right label, when it is not the visitor's")
+    a.add_argument('--as', dest='reviewer', metavar='NAME', help="the reviewer's name (default: your user name)")
+    r = at(fsub.add_parser('reject', help='keep one picture out of training'))
+    r.add_argument('item', metavar='ITEM', help='the picture: its hash or a unique prefix')
+    r.add_argument('--as', dest='reviewer', metavar='NAME', help="the reviewer's name (default: your user name)")
+    j = at(fsub.add_parser('join', help='join what may train to the dataset now, as one new version (`neuronb run` does it too)'))
+    j.add_argument('--wait', action='store_true', help='if another writer holds the project, wait for it instead of refusing')
+    return f
+
+def _print_feedback(df):
+    if not len(df): return print("No feedback yet: stakeholders answer on the demo page (`neuronb demo --share NAMES`)")
+    print(f"{'item':<13} {'when':<20} {'from':<12} {'label':<10} {'predicted by':<13} {'state':<9} decided")
+    for r in df.itertuples():
+        decided = '' if r.state == 'pending' else f"{r.decided} by {r.reviewer}" if r.state == 'accepted' else 'kept out'
+        print(f"{r.item[:12]:<13} {str(r.ts)[:19]:<20} {r.visitor:<12} {str(r.label):<10} {str(r.model or '')[:12]:<13} {r.state:<9} {decided}")
+
+def cmd_feedback(args):
+    from neuronb.pipeline.project import load_project
+    import neuronb.feedback as fb
+    if not args.feedback_command: raise NeuronbError("say what to do: neuronb feedback {list,accept,reject,join} (see --help)")
+    project = load_project(args.dir)
+    store, cmd = project.store(), args.feedback_command
+    if cmd == 'list':
+        df = fb.feedback_items(store)
+        if args.state: df = df[df.state == args.state]
+        return _print_json(df.to_dict('records')) if args.json else _print_feedback(df)
+    if cmd == 'join':
+        from neuronb.pipeline.lock import ProjectLock
+        with ProjectLock(store, 'neuronb ' + shlex.join(args.argv), wait=args.wait):
+            res = fb.join_feedback(project, echo=None if args.json else print)
+        if args.json: return _print_json(res)
+        if not res['added'] and not res['removed'] and not res['waiting']: print("feedback: nothing new may join the training data")
+        return 0
+    classes = (project.labeling or {}).get('classes')
+    e = fb.review_feedback(store, args.item, args.reviewer, label=getattr(args, 'label', None), reject=cmd == 'reject', classes=classes)
+    if args.json: return _print_json({k: getattr(e, k) for k in ('id', 'item', 'annotator', 'kind', 'label', 'parent', 'ts')})
+    print(f"{e.item[:12]}: " + ("rejected: it will not train a model" if cmd == 'reject' else
+                                f"accepted as {e.label!r}: the next `neuronb run` adds it to the training data"))
+
+def _feedback_line(f:dict) -> str:
+    "One line on the stakeholder feedback in a model's data (`feedback_in_data`'s answer)."
+    return f"feedback in its data: {f['items']} picture(s) from stakeholders ({', '.join(f'{v} {n}' for v, n in f['from'].items())})"
+
 
 # %% ../nbs/90_cli.ipynb #e970842f
 def _data_parser(sub):
@@ -476,6 +540,14 @@ def cmd_runs(args):
     print(format_runs(rows) if rows else f"No runs yet. Start one with: neuronb run {shlex.quote(args.dir)}")
     return 0
 
+def _run_models(project, run_id) -> list:
+    "The models run `run_id` registered, each with the stakeholder feedback in its data."
+    from neuronb.train.registry import model_table
+    from neuronb.feedback import feedback_in_data
+    store = project.store()
+    return [{'version': r['version'], 'data_version': r['data_version'],
+             'feedback': feedback_in_data(store, r['data_version'], project.dataset)} for r in model_table(store) if r.get('run_id') == run_id]
+
 def cmd_show(args):
     from neuronb.core import ConfigError
     from neuronb.pipeline.registry import format_lineage
@@ -487,7 +559,10 @@ def cmd_show(args):
             if not latest: raise ConfigError(f"no runs recorded yet in {project.root}; run `neuronb run` first")
             run_id = latest[0]['run_id']
         run = reg.run(run_id)
-        _print_json(run) if args.json else print(format_lineage(run))
+        models = _run_models(project, run_id)
+        if args.json: return _print_json(dict(run, models=models))
+        print(format_lineage(run))
+        for m in models: print(f"model {m['version']}" + (f": {_feedback_line(m['feedback'])}" if m['feedback']['items'] else ": no stakeholder feedback in its data"))
     finally: reg.close()
     return 0
 
@@ -581,7 +656,7 @@ def cmd_data(args):
     return 0
 
 # %% ../nbs/90_cli.ipynb #39000cbd
-_COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show,
+_COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show, 'feedback': cmd_feedback,
              'data': cmd_data, 'sync': cmd_sync, 'sweep': cmd_sweep, 'label': cmd_label, 'train': cmd_train, 'models': cmd_models,
              'serve': cmd_serve}
 
