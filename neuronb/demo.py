@@ -7,11 +7,13 @@ from __future__ import annotations
 import html, io, os, secrets, shutil, signal, socket, subprocess, sys, tempfile, time
 from pathlib import Path
 from .core import ConfigError, DataError, NeuronbError, ParameterError
+from fastcore.basics import patch
 from .voila import UPLOAD_LIMIT, UPLOAD_LIMIT_ENV, megabytes
 
 # %% auto #0
-__all__ = ['UNREADABLE', 'VISITOR_HEADER', 'READY_ENV', 'test_samples', 'DemoApp', 'too_big', 'demo_log', 'demo_app',
-           'wait_for_visitor', 'demo_link', 'serve_demo']
+__all__ = ['TOP', 'LINEAGE_PATH', 'READY_ENV', 'UNREADABLE', 'VISITOR_HEADER', 'test_samples', 'model_card', 'card_text',
+           'Answer', 'DemoApp', 'too_big', 'demo_log', 'demo_app', 'project_demo', 'wait_for_visitor', 'demo_link',
+           'lineage_page', 'serve_demo']
 
 # %% ../nbs/70_demo.ipynb #857ea070
 def test_samples(store, n=20, dataset='digits') -> list:
@@ -27,50 +29,106 @@ def test_samples(store, n=20, dataset='digits') -> list:
     return [(store.get_object(r.hash, object_ext(r['name'] if 'name' in r.index else None)), str(r.label)) for r in picks[:n]]
 
 # %% ../nbs/70_demo.ipynb #8eb9d783
-def _bars(probs, classes) -> str:
-    "HTML bars, one per class, the most likely first."
-    order = sorted(range(len(classes)), key=lambda i: -probs[i])
+TOP = 3
+LINEAGE_PATH = '/neuronb/lineage'   # the served model's lineage page, answered by `neuronb demo`'s gate
+READY_ENV = 'NEURONB_DEMO_READY'    # set by `neuronb demo`: a folder where each preheated kernel says it is ready   # classes shown per answer, the most likely first
+
+def _bars(probs, classes, k=TOP) -> str:
+    "HTML bars for the `k` most likely classes, the most likely first."
+    order = sorted(range(len(classes)), key=lambda i: -probs[i])[:k]
     rows = ''.join(f'<div style="display:flex;align-items:center;gap:6px;font-family:monospace">'
-                   f'<span style="width:2em;text-align:right">{html.escape(str(classes[i]))}</span>'
-                   f'<span style="display:inline-block;height:12px;width:{max(probs[i]*200, 1):.0f}px;background:#4a7fd1"></span>'
+                   f'<span style="min-width:2em;text-align:right">{html.escape(str(classes[i]))}</span>'
+                   f'<span style="display:inline-block;height:12px;width:{max(probs[i]*150, 1):.0f}px;background:#4a7fd1"></span>'
                    f'<span>{probs[i]*100:.1f}%</span></div>' for i in order)
     return f'<div class="nb-probs-table">{rows}</div>'
 
 def _verdict(label, p, pid=None) -> str:
-    return (f'<div style="font-size:15px">Prediction</div>'
-            f'<div class="nb-prediction-value" style="font-size:56px;font-weight:bold;line-height:1.1">{html.escape(str(label))}</div>'
+    return (f'<div style="font-size:14px">Prediction</div>'
+            f'<div class="nb-prediction-value" style="font-size:44px;font-weight:bold;line-height:1.1;overflow-wrap:anywhere">{html.escape(str(label))}</div>'
             f'<div>{p*100:.1f}% sure</div>' +
             (f'<div class="nb-prediction-id" style="font-size:11px;color:#888">prediction {html.escape(pid)}</div>' if pid else ''))
 
+def _error_html(text) -> str: return f'<span class="nb-error" style="color:#b00">{html.escape(text)}</span>'
+
+def _short_time(iso) -> str|None:
+    "An ISO time as '2 Dec 14:05 UTC'."
+    from datetime import datetime, timezone
+    try: t = datetime.fromisoformat(str(iso).replace('Z', '+00:00')).astimezone(timezone.utc)
+    except ValueError: return None
+    return f"{t.day} {t:%b %H:%M} UTC"
+
+def model_card(store,         # project storage
+               cfg:dict,      # the served model's config (`load_model`)
+               spec='@champion', # how it was asked for: '@champion', 'latest' or a version
+               dataset=None) -> dict: # the project's dataset: its prepared versions say which images trained the model
+    "What the page says about the model, from the registry: its role, when it was trained, on which data, how well it scores."
+    from neuronb.train.registry import lineage
+    from neuronb.data.prepare import dataset_meta
+    lin = lineage(store, cfg['version']) if store is not None else {}
+    meta = dataset_meta(store, dataset, cfg.get('data_version')) if store is not None and dataset and cfg.get('data_version') else {}
+    role = spec[1:] if str(spec).startswith('@') else 'the latest model' if spec == 'latest' else 'model'
+    return {'role': role, 'version': cfg['version'], 'trained': lin.get('registered'), 'data_version': cfg.get('data_version'),
+            'data_seq': (meta.get('source') or {}).get('seq'), 'images': meta.get('n'), 'test_accuracy': cfg.get('test_accuracy')}
+
+def card_text(card:dict) -> str:
+    "The model card in words: 'champion, trained 2 Dec 14:05 UTC on data v3 (1,797 images), test accuracy 99.3%'."
+    data = f"data v{card['data_seq']}" if card.get('data_seq') else f"data {card['data_version']}" if card.get('data_version') else None
+    if data and card.get('images'): data += f" ({card['images']:,} images)"
+    when = _short_time(card['trained']) if card.get('trained') else None
+    acc = card.get('test_accuracy')
+    return ', '.join([card['role']] + [' '.join(p for p in (f"trained {when}" if when else 'trained', f"on {data}" if data else '') if p)] +
+                     ([f"test accuracy {acc*100:.1f}%"] if acc is not None else ['test accuracy not recorded']))
+
 # %% ../nbs/70_demo.ipynb #cd7aba50
+class Answer:
+    "One picture's answer on the page: the picture, the prediction and its top classes, and the visitor's feedback on it."
+    def __init__(self, app, data:bytes, name=None):
+        import ipywidgets as w
+        self.app, self.data, self.name, self.pid, self.label = app, bytes(data), name, None, None
+        self.image = w.Image(format='png', layout=w.Layout(width='140px', height='140px', object_fit='contain'))
+        self.result, self.probs = w.HTML(), w.HTML()
+        self.feedback = w.HBox(layout=w.Layout(flex_flow='row wrap', gap='6px', align_items='center'))
+        for wid, cls in [(self.image, 'nb-image'), (self.result, 'nb-prediction'), (self.probs, 'nb-probs'), (self.feedback, 'nb-feedback')]:
+            wid.add_class(cls)
+        self.text = w.VBox([self.result, self.probs, self.feedback], layout=w.Layout(min_width='0'))
+        self.widget = w.HBox([self.text], layout=w.Layout(flex_flow='row wrap', gap='16px', align_items='center',
+                                                           border_bottom='1px solid #ddd', padding='8px 0'))
+        self.widget.add_class('nb-answer')
+
 class DemoApp:
     "The demo's widgets and the model behind them."
     def __init__(self, model_dir, samples=(), upload_limit=None,
-                 log=None):   # a PredictionLog every visitor's prediction is appended to (None: not logged)
+                 log=None,        # a PredictionLog every visitor's prediction is appended to (None: not logged)
+                 store=None,      # project storage the visitors' feedback is kept in (None: no feedback offered)
+                 spec='model',    # how the model was asked for ('@champion', 'latest', a version): its role on the card
+                 dataset=None,    # the project's dataset, for the card's data version and image count
+                 title=None,      # the page's heading (default: 'Image classifier')
+                 trust='review'): # the project's `feedback.trust`: what the page says happens to an answer
         import ipywidgets as w
-        from neuronb.train.model import load_model, model_version
+        from neuronb.train.model import load_model
         from neuronb.serve import Served
         self.model, self.cfg = load_model(model_dir)
         self.served, self.log, self.last_id = Served(self.model, self.cfg), log, None   # answered as `neuronb serve` answers
-        self.classes, self.samples = self.cfg['classes'], list(samples)
-        acc = self.cfg.get('test_accuracy')
-        self.header = w.HTML(f"<b>Model</b> {model_version(self.cfg)} · <b>test accuracy</b> "
-                             f"{'n/a' if acc is None else f'{acc*100:.1f}%'} · <b>data</b> {self.cfg.get('data_version', 'n/a')}")
-        self.upload = w.FileUpload(accept='image/*', multiple=False, description='Upload an image')
+        self.classes, self.samples, self.store, self.trust, self.visitor = self.cfg['classes'], list(samples), store, trust, None
+        self.card = model_card(store, self.cfg, spec, dataset)
+        self.title = w.HTML(f'<h2 style="margin:0 0 4px 0">{html.escape(title or "Image classifier")}</h2>')
+        self.header = w.HTML(f'<span class="nb-model-card">{html.escape(card_text(self.card))}</span>'
+                             f'<span style="color:#888;font-size:12px"> · model {html.escape(self.cfg["version"])}'
+                             + (f' · <a href="{LINEAGE_PATH}" target="_blank" class="nb-lineage-link">lineage</a>' if os.environ.get(READY_ENV) else '') + '</span>')
+        self.upload = w.FileUpload(accept='image/*', multiple=True, description='Upload pictures')   # a phone offers its camera too
         self.limit = upload_limit or int(os.environ.get(UPLOAD_LIMIT_ENV) or UPLOAD_LIMIT)  # as the server set it
         self.limit_note = w.HTML(f'<span data-nb-upload-limit="{self.limit}" data-nb-upload-limit-text="{megabytes(self.limit)}">'
-                                 f'a picture of up to {megabytes(self.limit)}</span>')
-        self.picker = w.Dropdown(options=[('pick a test image…', -1)] + [(f'test image {i+1} (labelled {l})', i) for i, (_, l) in enumerate(self.samples)])
-        self.image = w.Image(format='png', width=140, height=140)
-        self.result = w.HTML('<i>Upload an image or pick a test image.</i>')
-        self.probs = w.HTML()
-        for wid, cls in [(self.upload, 'nb-upload'), (self.picker, 'nb-sample'), (self.result, 'nb-prediction'),
-                         (self.probs, 'nb-probs'), (self.image, 'nb-image'), (self.header, 'nb-model'),
-                         (self.limit_note, 'nb-upload-limit')]: wid.add_class(cls)
+                                 f'pictures of up to {megabytes(self.limit)} each</span>')
+        self.picker = w.Dropdown(options=[('pick a test image…', -1)] + [(f'test image {i+1} (labelled {l})', i) for i, (_, l) in enumerate(self.samples)],
+                                 layout=w.Layout(width='auto', max_width='100%'))
+        self.results = w.VBox([w.HTML('<i>Upload pictures or pick a test image.</i>')])
+        self.answers = []
+        for wid, cls in [(self.upload, 'nb-upload'), (self.picker, 'nb-sample'), (self.header, 'nb-model'), (self.title, 'nb-title'),
+                         (self.limit_note, 'nb-upload-limit'), (self.results, 'nb-results')]: wid.add_class(cls)
         self.upload.observe(self._on_upload, 'value')
         self.picker.observe(self._on_pick, 'value')
-        self.widget = w.VBox([self.header, w.HBox([self.upload, self.limit_note, self.picker], layout=w.Layout(gap='12px', align_items='center')),
-                              w.HBox([self.image, self.result, self.probs], layout=w.Layout(gap='24px', align_items='center'))])
+        controls = w.HBox([self.upload, self.limit_note, self.picker], layout=w.Layout(flex_flow='row wrap', gap='8px 12px', align_items='center'))
+        self.widget = w.VBox([self.title, self.header, controls, self.results], layout=w.Layout(max_width='100%'))
 
 # %% ../nbs/70_demo.ipynb #4528cb68
 UNREADABLE = ("That file cannot be read as a picture: it is not an image (PNG, JPEG, GIF, BMP, TIFF, WebP), it is damaged, "
@@ -95,7 +153,8 @@ def _as_png(img) -> bytes:
     "A decoded picture as PNG bytes, which every browser shows (an upload may be TIFF, BMP, …)."
     buf = io.BytesIO(); img.save(buf, 'PNG'); return buf.getvalue()
 
-def _predict(self, data: bytes, log:bool=True):
+@patch
+def predict(self:DemoApp, data: bytes, log:bool=True):
     "`(label, probability, probabilities)` for image bytes, answered by `neuronb serve`'s code; logged (with its id in `last_id`) when `log`."
     from neuronb.serve import ServeError, answer_files
     try: doc, rows = answer_files(self.served, [(None, bytes(data))], source='demo')   # decoded exactly as training decoded its images
@@ -104,7 +163,6 @@ def _predict(self, data: bytes, log:bool=True):
     pred = doc['predictions'][0]
     self.last_id = pred['id']
     return pred['label'], pred['probability'], rows[0]['probabilities']
-DemoApp.predict = _predict
 
 def _same_answer(pred:str, label:str, multi:bool) -> bool:
     "Whether the demo's answer `pred` is the sample's `label` (multi-label: the same set of classes)."
@@ -112,36 +170,94 @@ def _same_answer(pred:str, label:str, multi:bool) -> bool:
     from neuronb.data.prepare import label_lists
     return set(pred.split(' + ')) == set(label_lists([label])[0])
 
-def _error(self, text:str):
-    "Show `text` where the prediction goes, and no bars."
-    self.result.value, self.probs.value = f'<span class="nb-error" style="color:#b00">{html.escape(text)}</span>', ''
-DemoApp.error = _error
+@patch
+def error(self:DemoApp, text:str):
+    "Show `text` in place of the answers."
+    import ipywidgets as w
+    self.answers, self.results.children = [], [w.HTML(_error_html(text))]
 
-def _show(self, data: bytes):
-    try: img = _open_image(data)
-    except DataError as e: return self.error(str(e))
-    try: label, p, probs = self.predict(data)
-    except DataError as e: return self.error(str(e))
+@patch
+def run(self:Answer):
+    "Predict this answer's picture and fill its widgets (a message in their place when it cannot be read)."
+    try:
+        img = _open_image(self.data)
+        self.label, p, probs = self.app.predict(self.data)
+    except DataError as e:
+        self.result.value = _error_html(str(e))
+        return self
+    self.pid = self.app.last_id
     self.image.value = _as_png(img)
-    self.result.value, self.probs.value = _verdict(label, p, self.last_id), _bars(probs, self.classes)
-DemoApp.show = _show
+    self.widget.children = [self.image, self.text]
+    self.result.value, self.probs.value = _verdict(self.label, p, self.pid), _bars(probs, self.app.classes)
+    if self.app.store is not None: self.offer_feedback()
+    return self
 
-def _on_upload(self, change):
-    if not change['new']: return
-    content = change['new'][0]['content']   # ipywidgets 8: a memoryview
-    if len(content) > self.limit: return self.error(too_big(len(content), self.limit))  # the page refuses these before sending
-    self.show(bytes(content))
-def _on_pick(self, change):
+@patch
+def show_many(self:DemoApp, files:list):
+    "Answer each `(name, bytes)` of `files`, one answer per picture (a file over the limit gets the message saying so)."
+    answers = []
+    for name, data in files:
+        a = Answer(self, b'' if len(data) > self.limit else data, name)
+        if len(data) > self.limit: a.result.value = _error_html(too_big(len(data), self.limit))   # the page refuses these before sending
+        else: a.run()
+        answers.append(a)
+    self.answers, self.results.children = answers, [a.widget for a in answers]
+
+@patch
+def show(self:DemoApp, data:bytes): self.show_many([(None, data)])
+
+@patch
+def _on_upload(self:DemoApp, change):
+    if change['new']: self.show_many([(f.get('name'), bytes(f['content'])) for f in change['new']])   # ipywidgets 8: memoryviews
+
+@patch
+def _on_pick(self:DemoApp, change):
     if change['new'] is not None and change['new'] >= 0: self.show(self.samples[change['new']][0])
-DemoApp._on_upload, DemoApp._on_pick = _on_upload, _on_pick
 
-def _sample_accuracy(self) -> float|None:
+@patch
+def sample_accuracy(self:DemoApp) -> float|None:
     "Accuracy of the model on the app's sample images (a check that what the demo shows is sane)."
     if not self.samples: return None
     multi = bool(self.cfg.get('multi_label'))
     return sum(_same_answer(self.predict(png, log=False)[0], label, multi) for png, label in self.samples) / len(self.samples)   # a check, not a visitor's prediction
-DemoApp.sample_accuracy = _sample_accuracy
 
+# %% ../nbs/70_demo.ipynb #150bf146
+@patch(as_prop=True)
+def annotator(self:DemoApp) -> str:
+    "Who answers: the name on the visitor's link, else this machine's user."
+    import getpass
+    return self.visitor or getpass.getuser()
+
+@patch
+def offer_feedback(self:Answer):
+    "The feedback row: Right, or Wrong and the right class."
+    import ipywidgets as w
+    multi = bool(self.app.cfg.get('multi_label'))
+    predicted = [c for c in self.label.split(' + ') if c in self.app.classes] if multi else [self.label]
+    right = w.Button(description='Right', icon='check', layout=w.Layout(width='auto'), disabled=not predicted)
+    wrong = w.Dropdown(options=[('Wrong, it is…', None)] + [(str(c), str(c)) for c in self.app.classes if multi or str(c) != str(self.label)],
+                       layout=w.Layout(width='auto'))
+    right.add_class('nb-feedback-right'); wrong.add_class('nb-feedback-wrong')
+    right.on_click(lambda _: self.send(predicted if multi else self.label))
+    wrong.observe(lambda ch: ch['new'] is not None and self.send([ch['new']] if multi else ch['new']), 'value')
+    self.feedback.children = [w.HTML('<span style="color:#555">Is it right?</span>'), right, wrong]
+
+@patch
+def send(self:Answer, label):
+    "Keep the visitor's answer as a label event; the row then says so (or why it could not be kept)."
+    import ipywidgets as w
+    from neuronb.feedback import give_feedback
+    try: give_feedback(self.app.store, self.data, self.app.annotator, label, prediction=self.pid, model=self.app.cfg['version'],
+                       classes=self.app.classes)
+    except (NeuronbError, OSError) as e:
+        return setattr(self.result, 'value', self.result.value + _error_html(f"Not saved: {e}. Try again; if it keeps failing, tell the project owner."))
+    said = ', '.join(label) if isinstance(label, list) else label
+    then = 'the next training run uses it' if self.app.trust == 'direct' else 'a reviewer checks it before the model trains on it'
+    done = w.HTML(f'<span class="nb-feedback-done" style="color:#2a7d2a">Thanks, {html.escape(self.app.annotator)}: kept as '
+                  f'<b class="nb-feedback-label">{html.escape(said)}</b>; {then}.</span>')
+    self.feedback.children = [done]
+
+# %% ../nbs/70_demo.ipynb #e0b0ca55
 def demo_log(store=None, every:float=5.0):
     "The PredictionLog of `store` (default: the working directory's project's; None outside one), flushed every `every` s and when the kernel ends."
     import atexit
@@ -156,12 +272,22 @@ def demo_log(store=None, every:float=5.0):
 
 def demo_app(model_dir, samples=(),
              store=None) -> DemoApp: # where its predictions are logged (default: the working directory's project; False: nowhere)
-    "The demo app for the model saved in `model_dir`, offering `samples` as `(png_bytes, label)` pairs."
+    "The demo app for the model saved in `model_dir`, offering `samples` as `(png_bytes, label)` pairs (no feedback: see `project_demo`)."
     return DemoApp(model_dir, samples, log=None if store is False else demo_log(store))
+
+def project_demo(project=None,       # a `Project` (default: the working directory's)
+                 model='@champion',  # which model: '@champion', 'latest' or a version
+                 n_samples=20) -> DemoApp: # held-out test images offered as samples
+    "The demo of a project: its model with its card, test samples, the prediction log, and feedback kept in the project's storage."
+    from neuronb.pipeline.project import load_project
+    from neuronb.train.registry import fetch_model
+    project = project or load_project()
+    store = project.store()
+    return DemoApp(fetch_model(store, model), test_samples(store, n=n_samples, dataset=project.dataset), log=demo_log(store), store=store,
+                   spec=model, dataset=project.dataset, title=f"{project.name}: what the model sees", trust=project.feedback.get('trust', 'review'))
 
 # %% ../nbs/70_demo.ipynb #fbcccf36
 VISITOR_HEADER = 'X-Neuronb-Visitor'    # set by the gate; Voila hands it to the kernel as HTTP_X_NEURONB_VISITOR
-READY_ENV = 'NEURONB_DEMO_READY'        # a folder where each preheated kernel says it is ready
 
 def wait_for_visitor() -> str|None:
     "Where the demo notebook waits, model loaded, until someone opens a link (preheated); the visitor's name, or None outside `neuronb demo`."
@@ -180,6 +306,43 @@ def demo_link(port, ip='127.0.0.1', token=None) -> str:
     from neuronb.gate import private_link
     return private_link(port, ip, token)
 
+# %% ../nbs/70_demo.ipynb #141b5d40
+def _rows(pairs) -> str:
+    return ''.join(f'<tr><th style="text-align:left;padding:2px 12px 2px 0;vertical-align:top">{html.escape(str(k))}</th>'
+                   f'<td style="overflow-wrap:anywhere">{html.escape(str(v))}</td></tr>' for k, v in pairs if v not in (None, '', {}))
+
+def lineage_page(store,            # project storage
+                 spec='@champion', # the model the demo serves
+                 dataset=None) -> str: # the project's dataset
+    "The served model's lineage as a page a stakeholder can read: what made it, how it scores, how it became what is served."
+    from neuronb.train.registry import model_story
+    from neuronb.feedback import feedback_in_data
+    from neuronb.gate import _PAGE_CSS
+    s = model_story(store, spec)
+    lin, v = s['lineage'], s['version']
+    fb = feedback_in_data(store, lin.get('data_version'), dataset) if dataset else {'items': 0, 'from': {}}
+    made = _rows([('version', v), ('aliases', ', '.join(s['aliases']) or 'none'), ('registered', lin.get('registered')),
+                  ('run', lin.get('run_id')), ('stage', lin.get('stage')), ('data version', lin.get('data_version')),
+                  ('stakeholder feedback in its data', f"{fb['items']} pictures ({', '.join(f'{k} {n}' for k, n in fb['from'].items())})" if fb['items'] else None),
+                  ('classes', ', '.join(map(str, s['config'].get('classes', [])))),
+                  ('architecture', f"{s['config'].get('arch')} at {s['config'].get('size')} px" if s['config'].get('arch') else None),
+                  ('parameters', ', '.join(f'{k}={x}' for k, x in (lin.get('parameters') or {}).items()))]
+                 + [(k, f'{x:.4g}' if isinstance(x, float) else x) for k, x in (lin.get('metrics') or {}).items()])
+    history = ''.join(f'<li>{html.escape(str(e.get("time", ""))[:19])} · {html.escape(str(e.get("who", "")))} · '
+                      f'{html.escape(_event_words(e))}</li>' for e in s['events'])
+    return (f'<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>Model {html.escape(v)}: lineage</title></head><body style="{_PAGE_CSS}">'
+            f'<h2 class="nb-lineage-title">Model {html.escape(v)}</h2><table class="nb-lineage">{made}</table>'
+            f'<h3>History</h3><ul class="nb-lineage-history">{history or "<li>nothing recorded</li>"}</ul>'
+            f'<p style="color:#666">Rebuild it from its own executed notebooks: <code>neuronb models reproduce {html.escape(v)}</code></p></body></html>')
+
+def _event_words(e) -> str:
+    "One registry event in words."
+    if e.get('kind') == 'register': return 'registered'
+    if e.get('kind') == 'decision': return f"the gate {'passed' if e.get('passed') else 'refused'} it: {e.get('reason')}"
+    if e.get('kind') == 'alias': return f"{e.get('alias')} moved to {e.get('version')}: {e.get('why')}"
+    return str(e.get('kind'))
+
 # %% ../nbs/70_demo.ipynb #fad38135
 def _check_serving(max_kernels, cull_idle, upload_limit, preheat=0):
     "Refuse serving settings that cannot work, each with what to pass instead."
@@ -195,7 +358,7 @@ def _check_serving(max_kernels, cull_idle, upload_limit, preheat=0):
         raise ParameterError(f"upload_limit must be a positive number of bytes, got {upload_limit!r}")
 
 def _check_demo_ready(project) -> str:
-    "The version the demo shows (the champion), after loading it as the demo notebook will: a bad bundle is refused here."
+    "`(version, spec)` of the model the demo shows (the champion), after loading it as the demo notebook will: a bad bundle is refused here."
     import shlex
     store = project.store()
     if not store.exists('models/latest.json'):
@@ -205,7 +368,8 @@ def _check_demo_ready(project) -> str:
     if 'champion' not in aliases(store) and store.exists('models/events'):
         raise ConfigError(f"no model in {project.root} has passed the promotion gate, so there is no champion to show; "
                           f"`neuronb models list` says why, `neuronb models promote VERSION` promotes one by hand")
-    return load_model(fetch_model(store, '@champion' if store.exists('models/events') else 'latest'))[1]['version']
+    spec = '@champion' if store.exists('models/events') else 'latest'
+    return load_model(fetch_model(store, spec))[1]['version'], spec
 
 def _print_links(project, notebook, version, links, expires, ip, echo):
     from datetime import datetime, timezone
@@ -246,7 +410,7 @@ def serve_demo(project=None,     # a `Project` or a path inside one (default: th
     _check_serving(max_kernels, cull_idle, upload_limit, preheat)
     names, life = gate.check_names(share or ['demo'], 'visitor', '--share'), gate.parse_ttl(ttl)
     project = project if isinstance(project, Project) else load_project(project)
-    version = _check_demo_ready(project)
+    version, spec = _check_demo_ready(project)
     sockets, proc, previous = gate.bind(ip, port), None, voila.on_sigterm(voila.raise_stopped)
     notebook, marker, secret = project.root/project.stage('demo').notebook, secrets.token_hex(16), secrets.token_urlsafe(32)
     state_dir = project.root/'.neuronb'/'demo'
@@ -267,7 +431,8 @@ def serve_demo(project=None,     # a `Project` or a path inside one (default: th
             voila.wait_listening(upstream, proc, log)
             state = gate.GateState({n: (gate.token_hash(t), expires) for n, t in tokens.items()}, upstream, secret,
                                    cookie=f'neuronb_demo_{port}', header=VISITOR_HEADER, what='demo',
-                                   max_message=voila.websocket_limit(upload_limit))
+                                   max_message=voila.websocket_limit(upload_limit),
+                                   pages={LINEAGE_PATH: lambda: lineage_page(project.store(), spec, project.dataset)})
             links = {n: demo_link(port, ip, t) for n, t in tokens.items()}
             def ready_now():
                 _print_links(project, notebook, version, links, expires, ip, echo)

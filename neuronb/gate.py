@@ -83,10 +83,12 @@ class GateState:
                  cookie:str,          # the cookie that keeps a person signed in (unique per server: the port in it)
                  header:str,          # the request header naming the person, for Voila and its kernels
                  what='app',          # the app's name in the gate's pages: 'labeling', 'demo'
-                 max_message:int=64 << 20): # bytes: the largest websocket message relayed (uploads travel in one)
+                 max_message:int=64 << 20, # bytes: the largest websocket message relayed (uploads travel in one)
+                 pages=None):         # {path: callable returning HTML}: pages of the gate's own (the demo's model lineage)
         self.people = {n: (v, None) if isinstance(v, str) else tuple(v) for n, v in people.items()}
         self.upstream, self.secret, self.cookie, self.header, self.what, self.max_message = upstream, secret, cookie, header, what, max_message
         self.kernels = {}   # kernel id -> person, learned from the page that started it
+        self.pages = dict(pages or {})
 
     def person(self, token) -> tuple:
         "`(name, expired)` of the person `token` belongs to; `(None, False)` for nobody."
@@ -160,9 +162,18 @@ class GateHandler(tornado.web.RequestHandler):
         found = route(self.request.path)
         kind, methods, kid = found or (None, (), None)
         if not (who := check_request(self, self.state, kind, kid)): return
+        if found is None and self.request.path in self.state.pages and self.request.method in ('GET', 'HEAD'):
+            return self._own_page(self.state.pages[self.request.path])
         if found is None: return _refuse(self, 404, 'Not found', f'Only the {self.state.what} page is served here.')
         if self.request.method not in methods: return _refuse(self, 405, 'Not allowed', f'This request is not part of the {self.state.what} page.')
         await self._forward(who, kind)
+
+    def _own_page(self, page):
+        "Answer with one of the gate's own pages (a person's, checked like every request)."
+        try: body = page()
+        except Exception as e: return _refuse(self, 500, 'This page is not available', f'{type(e).__name__}: {e}')
+        self.set_header('Content-Type', 'text/html; charset=utf-8'); self.set_header('Cache-Control', 'no-store')
+        self.finish(body)
 
     async def _forward(self, who, kind):
         st, query = self.state, query_without_token(self.request.query)

@@ -11,7 +11,8 @@ from .storage import open_store, sha256_bytes, table_bytes
 
 # %% auto #0
 __all__ = ['FIRST_COLUMNS', 'split_dataset', 'label_cell', 'label_lists', 'class_column', 'multi_label_split', 'labels_needed',
-           'require_ready', 'write_index', 'read_index', 'object_ext', 'item_exts', 'read_image', 'load_images']
+           'require_ready', 'write_index', 'dataset_meta', 'read_index', 'object_ext', 'item_exts', 'read_image',
+           'load_images']
 
 # %% ../../nbs/11_data.prepare.ipynb #343cac10
 def _check_fractions(valid, test):
@@ -108,7 +109,8 @@ def write_index(store,          # a `Store` or a URL for `open_store`
                 df,             # columns hash, label, split (and any others, e.g. name)
                 name='digits',  # the dataset's name: written under datasets/<name>/
                 needs:str='',   # why it cannot be trained on yet (see `labels_needed`); '' when it can
-                multi_label:bool=False): # label cells are JSON lists of classes (see `label_lists`)
+                multi_label:bool=False, # label cells are JSON lists of classes (see `label_lists`)
+                source=None):   # the dataset version the images came from (`versions.resolve`'s entry), kept in the meta
     "Publish `df` as the dataset `name`: index.csv and meta.json, atomically; returns the meta."
     store = open_store(store)
     missing = [c for c in FIRST_COLUMNS if c not in df]
@@ -122,9 +124,18 @@ def write_index(store,          # a `Store` or a URL for `open_store`
                 classes=sorted(set(class_column(df.label, multi_label))),
                 ready=not needs, needs=needs, multi_label=bool(multi_label),
                 counts={s: int((df.split == s).sum()) for s in ('train', 'valid', 'test')},
-                class_counts={k: int(v) for k, v in class_column(df.label, multi_label).value_counts().sort_index().items()})
+                class_counts={k: int(v) for k, v in class_column(df.label, multi_label).value_counts().sort_index().items()},
+                **({'source': {k: source.get(k) for k in ('dataset', 'id', 'seq', 'n')}} if source else {}))
+    store.write_json(f'datasets/{name}/versions/{meta["version"]}.json', meta)   # each version's meta stays readable
     store.write_json(f'datasets/{name}/meta.json', meta)
     return meta
+
+def dataset_meta(store, name, version=None) -> dict:
+    "The meta of version `version` (12 hex digits) of the prepared dataset `name` (default: the current one); {} when it is not kept."
+    store = open_store(store)
+    if version is None: return store.read_json(f'datasets/{name}/meta.json') if store.exists(f'datasets/{name}/meta.json') else {}
+    rel = f'datasets/{name}/versions/{str(version)[:12]}.json'
+    return store.read_json(rel) if store.exists(rel) else {}
 
 # %% ../../nbs/11_data.prepare.ipynb #412ce473
 def read_index(store,          # a `Store` or a URL for `open_store`

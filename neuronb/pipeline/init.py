@@ -111,6 +111,9 @@ stages:
 # The promotion gate: a trained model becomes champion (what the demo serves) only if its test accuracy is
 # at least `min` (none by default) and beats the current champion's by `by`; `neuronb models list` shows why.
 promote: {{metric: test_accuracy, min: null, beat: champion, by: 0.0}}
+# What stakeholders' answers on the demo page do: `review` (a reviewer accepts each in the review app or with
+# `neuronb feedback accept`), or `direct` (the next `neuronb run` trains on them as given).
+feedback: {{trust: review}}
 # `neuronb label serve --annotators alice,bob` serves the labeling app to labelers, one private link each.
 labeling:
   notebook: labeling/label.ipynb
@@ -204,10 +207,21 @@ def init_project(folder, # where to create the project; must be empty or not exi
             text = pipeline_text(name or _project_name(folder), _source_spec(data), labels, classes, task=task)
             (tmp/PIPELINE_FILE).write_text(text, encoding='utf-8')
             (tmp/'sweep.yaml').write_text(_SWEEP.format(name=name or _project_name(folder)), encoding='utf-8')
+        _title_demo(tmp)
         _publish(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
     return load_project(folder)
+
+def _title_demo(tmp:Path):
+    "Give the demo notebook the project's name as its page title (what a stakeholder's browser tab shows)."
+    from neuronb.pipeline.project import load_yaml
+    nb_path = tmp/'stages'/'06_demo.ipynb'
+    name = load_yaml((tmp/PIPELINE_FILE).read_text(encoding='utf-8')).get('name')
+    if not nb_path.is_file() or not name: return
+    nb = json.loads(nb_path.read_text(encoding='utf-8'))
+    nb.setdefault('metadata', {})['title'] = f"{name}: demo"
+    nb_path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
 
 def _project_name(folder:Path) -> str:
     import re
