@@ -273,7 +273,7 @@ def _as_utc(since):
     return t if t is None or t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 def _read_part(store, rel):
-    try: return pq.read_table(io.BytesIO(store.read_bytes(rel)), schema=LOG_SCHEMA)
+    try: return pq.read_table(io.BytesIO(store.read_bytes(rel)), schema=LOG_SCHEMA, use_threads=False, pre_buffer=False)  # no Arrow pool (see _batch_frame)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{store.url}/{rel} is not a readable prediction-log file ({e}); delete it or restore it from a backup") from None
 
@@ -283,7 +283,7 @@ def prediction_log(store,       # project storage
     since = _as_utc(since)
     days = [d for d in store.listdir(LOG_DIR) if d.startswith('date=') and (since is None or d[5:] >= since.date().isoformat())]
     parts = [_read_part(store, f"{LOG_DIR}/{d}/{n}") for d in days for n in store.listdir(f"{LOG_DIR}/{d}") if n.endswith('.parquet')]
-    df = (pa.concat_tables(parts) if parts else LOG_SCHEMA.empty_table()).to_pandas()
+    df = (pa.concat_tables(parts) if parts else LOG_SCHEMA.empty_table()).to_pandas(use_threads=False)
     if since is not None: df = df[df.time >= since]
     return df.sort_values('time', kind='stable').reset_index(drop=True)
 

@@ -227,7 +227,7 @@ def test_demo_predicts_an_uploaded_digit_in_chromium(demo_server, tmp_path):
         chooser.value.set_files(str(tmp_path/'digit.png'))
         page.wait_for_selector('.nb-prediction-value', timeout=30_000)
         assert page.inner_text('.nb-prediction-value').strip() == str(expected)
-        assert page.locator('.nb-probs-table > div').count() == 10
+        assert page.locator('.nb-probs-table > div').count() == 3   # the top three of the ten digits
         page.screenshot(path=str(tmp_path/'demo.png'))
         browser.close()
 

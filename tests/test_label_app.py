@@ -208,4 +208,4 @@ def test_review_notebook_of_the_example_lists_the_crowd_disputes(tmp_path):
     out = run_notebook(project.root/'labeling/review.ipynb', tmp_path/'out.ipynb', parameters={'reviewer': 'lead'}, cwd=project.root)
     assert out.status == 'ok', out
     text = (tmp_path/'out.ipynb').read_text()
-    assert '1 disputed items to review' in text
+    assert "1 item to review (stakeholders' feedback first, then disagreements)" in text

@@ -454,7 +454,7 @@ def _batch_frame(self, name, data):
         try: return _frame_from_rows([json.loads(l) for l in data.splitlines() if l.strip()])
         except ValueError as e: raise _corrupt(self, name, f"a line is not JSON: {e}") from None
     import pyarrow.parquet as pq
-    try: table = pq.read_table(io.BytesIO(data))
+    try: table = pq.read_table(io.BytesIO(data), use_threads=False, pre_buffer=False)  # no Arrow thread pool: one left at exit can abort the process
     except Exception as e: raise _corrupt(self, name, f"not a Parquet file: {type(e).__name__}: {e}") from None
     if any(k not in table.column_names for k in REQUIRED + ['labels']): raise _corrupt(self, name, "columns of label events missing")
     import numpy as np
