@@ -139,7 +139,7 @@ def test_the_page_stays_on_the_machine_takes_big_uploads_and_refuses_bigger_ones
     big = _png(tmp_path/'big.png', 2200)                                    # about 14 MB: over tornado's 10 MiB default
     assert 10 << 20 < big.stat().st_size < UPLOAD_LIMIT
     huge = tmp_path/'huge.png'
-    huge.write_bytes(os.urandom(UPLOAD_LIMIT + (4 << 20)))
+    huge.write_bytes(os.urandom(30 << 20))                                  # 30 MiB
     demo = Demo(project)
     try:
         with sync_playwright() as p:
@@ -173,6 +173,82 @@ def test_the_page_stays_on_the_machine_takes_big_uploads_and_refuses_bigger_ones
             browser.close()
     finally:
         assert demo.stop() == []
+
+
+@pytest.mark.browser
+def test_a_stakeholder_answers_several_pictures_on_a_phone_sized_page_in_chromium(project):
+    "`--share`: the page on a 390 px screen, a model card in words, two pictures at once, Right and Wrong kept as label events."
+    from playwright.sync_api import sync_playwright
+    from neuronb.data.storage import open_store
+    from neuronb.feedback import feedback_items
+    from neuronb.label.events import read_item
+    from neuronb.label.project import project_events
+    from neuronb.train.registry import resolve_version
+    store = open_store(project/'data')
+    champion = resolve_version(store, '@champion')
+    pics = [f for f in sorted((project/'source').glob('img_*.png')) if 'glitch' not in f.name][:2]   # the example keeps a damaged picture
+    demo = Demo(project, args=['--share', 'sponsor,qa'], preheated=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={'width': 390, 'height': 844})
+            page.goto(demo.link('qa'), wait_until='domcontentloaded')
+            page.wait_for_selector('.nb-upload', timeout=90_000)
+            assert page.title() == 'digits: demo' and 'digits: what the model sees' in page.inner_text('.nb-title')
+            card = page.inner_text('.nb-model-card')
+            assert card.startswith('champion, trained ') and ' on data v1 (' in card and ' images), test accuracy ' in card, card
+            assert page.locator('img').count() == 0                             # no placeholder picture before there is one
+            assert page.evaluate('document.documentElement.scrollWidth') <= 390  # nothing sticks out of a phone's screen
+            with page.expect_file_chooser() as chooser: page.click('.nb-upload')
+            chooser.value.set_files([str(f) for f in pics])
+            page.wait_for_function("document.querySelectorAll('.nb-answer .nb-prediction-value').length === 2", timeout=60_000)
+            assert page.locator('.nb-probs-table').nth(0).locator(':scope > div').count() == 3   # the top classes
+            ids = [t.split()[-1] for t in page.locator('.nb-prediction-id').all_inner_texts()]
+            predicted = [t.strip() for t in page.locator('.nb-prediction-value').all_inner_texts()]
+            page.locator('button.nb-feedback-right').first.click()
+            page.wait_for_function("document.querySelectorAll('.nb-feedback-done').length === 1", timeout=30_000)
+            wrong = page.locator('.nb-feedback-wrong select')
+            corrected = wrong.locator('option').nth(1).get_attribute('value') or wrong.locator('option').nth(1).inner_text()
+            wrong.select_option(index=1)
+            page.wait_for_function("document.querySelectorAll('.nb-feedback-done').length === 2", timeout=30_000)
+            assert 'qa' in page.inner_text('.nb-feedback-done') and 'a reviewer checks it' in page.inner_text('.nb-feedback-done')
+            assert page.evaluate('document.documentElement.scrollWidth') <= 390
+            lineage = page.context.request.get(demo.link('qa').split('?')[0] + 'neuronb/lineage')
+            assert lineage.status == 200 and f'Model {champion}' in lineage.text() and 'champion' in lineage.text()
+            browser.close()
+        items = feedback_items(store)
+        mine = items[items.prediction.isin(ids)]
+        assert len(mine) == 2 and set(mine.visitor) == {'qa'} and set(mine.model) == {champion} and set(mine.state) == {'pending'}
+        by_id = dict(zip(mine.prediction, mine.label))
+        assert by_id[ids[0]] == predicted[0]                                  # "Right": the prediction itself
+        labels = dict(zip(mine.prediction, mine.item))
+        assert read_item(store, labels[ids[0]]) == pics[0].read_bytes()       # the picture, stored by its content hash
+        assert by_id[ids[1]] != predicted[1]                                  # "Wrong, it is ...": another class
+        ev = project_events(store)
+        assert set(ev[ev.id.isin(mine.event)].source) == {'demo'}
+    finally:
+        assert demo.stop() == []
+
+
+def test_twenty_visitors_at_once_the_cap_holds_and_kernels_are_culled(project):
+    "20 visitors open the page together on a server capped at 3 kernels: at most 3 run at any time, the others get the page saying so."
+    demo = Demo(project, max_kernels=3, cull_idle=6, preheated=True)
+    seen, done = [], threading.Event()
+    def watch():
+        while not done.is_set(): seen.append(len(demo.kernels())); done.wait(0.05)
+    watcher = threading.Thread(target=watch); watcher.start()
+    try:
+        statuses = [None] * 20
+        def visit(i): statuses[i] = demo.get()[0]
+        visitors = [threading.Thread(target=visit, args=(i,)) for i in range(20)]
+        for t in visitors: t.start()
+        for t in visitors: t.join()
+        assert set(statuses) <= {200, 503} and 1 <= statuses.count(200) <= 3 and statuses.count(503) >= 17, statuses
+        until(lambda: demo.kernels() == [], 'every idle kernel to be culled', 120)
+    finally:
+        done.set(); watcher.join()
+        left = demo.stop()
+    assert max(seen) <= 3 and left == []
 
 
 def test_settings_that_cannot_work_are_refused(tmp_path):
