@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--json', action='store_true', help='print JSON for scripts and CI instead of a table')
     s = sub.add_parser('show', help='show one run: lineage of every stage (data, parameters, code, metrics)',
                        description='Show which data, parameters and code produced each stage\'s results in RUN.')
-    s.add_argument('run', metavar='RUN', nargs='?', default=None, help='run id or a unique prefix of one (default: the latest)')
+    s.add_argument('run', metavar='RUN', nargs='?', default=None, help='run id or a unique prefix of one (default: the latest), or a project folder (its latest run)')
     s.add_argument('--dir', default='.', help='the project folder (default: current folder)')
     s.add_argument('--json', action='store_true', help='print JSON for scripts and CI instead of a table')
     s = sub.add_parser('sync', help='upload the offline W&B runs of a project (needs `wandb login`)',
@@ -278,7 +278,8 @@ def cmd_feedback(args):
 
 def _feedback_line(f:dict) -> str:
     "One line on the stakeholder feedback in a model's data (`feedback_in_data`'s answer)."
-    return f"feedback in its data: {f['items']} picture(s) from stakeholders ({', '.join(f'{v} {n}' for v, n in f['from'].items())})"
+    from neuronb.feedback import pictures, from_whom
+    return f"feedback in its data: {pictures(f['items'])} from stakeholders ({from_whom(f['from'])})"
 
 
 # %% ../nbs/90_cli.ipynb #e970842f
@@ -551,6 +552,7 @@ def _run_models(project, run_id) -> list:
 def cmd_show(args):
     from neuronb.core import ConfigError
     from neuronb.pipeline.registry import format_lineage
+    if args.run and args.dir == '.' and (Path(args.run)/'pipeline.yaml').is_file(): args.dir, args.run = args.run, None  # `neuronb show DIR`, as `neuronb run DIR`
     project, reg = _open_registry(args.dir)
     try:
         run_id = args.run

@@ -316,14 +316,14 @@ def lineage_page(store,            # project storage
                  dataset=None) -> str: # the project's dataset
     "The served model's lineage as a page a stakeholder can read: what made it, how it scores, how it became what is served."
     from neuronb.train.registry import model_story
-    from neuronb.feedback import feedback_in_data
+    from neuronb.feedback import feedback_in_data, pictures, from_whom
     from neuronb.gate import _PAGE_CSS
     s = model_story(store, spec)
     lin, v = s['lineage'], s['version']
     fb = feedback_in_data(store, lin.get('data_version'), dataset) if dataset else {'items': 0, 'from': {}}
     made = _rows([('version', v), ('aliases', ', '.join(s['aliases']) or 'none'), ('registered', lin.get('registered')),
                   ('run', lin.get('run_id')), ('stage', lin.get('stage')), ('data version', lin.get('data_version')),
-                  ('stakeholder feedback in its data', f"{fb['items']} pictures ({', '.join(f'{k} {n}' for k, n in fb['from'].items())})" if fb['items'] else None),
+                  ('stakeholder feedback in its data', f"{pictures(fb['items'])} from {from_whom(fb['from'])}" if fb['items'] else None),
                   ('classes', ', '.join(map(str, s['config'].get('classes', [])))),
                   ('architecture', f"{s['config'].get('arch')} at {s['config'].get('size')} px" if s['config'].get('arch') else None),
                   ('parameters', ', '.join(f'{k}={x}' for k, x in (lin.get('parameters') or {}).items()))]

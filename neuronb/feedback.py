@@ -12,7 +12,7 @@ from .label.project import ProjectEvents, project_events
 
 # %% auto #0
 __all__ = ['FEEDBACK_SOURCE', 'STATES', 'FEEDBACK_COLUMNS', 'give_feedback', 'feedback_items', 'review_feedback',
-           'trusted_events', 'join_feedback', 'feedback_in_data']
+           'trusted_events', 'pictures', 'from_whom', 'join_feedback', 'feedback_in_data']
 
 # %% ../nbs/74_feedback.ipynb #00810e53
 FEEDBACK_SOURCE = 'demo'   # the `source` of the label events the demo writes
@@ -57,11 +57,12 @@ def _feedback_table(df) -> 'pd.DataFrame':
     meta = df.set_index('id')
     act = _active(df)
     rev = act[act.kind == 'review'].drop_duplicates('item', keep='last').set_index('item')
-    rejected = set(cur.item[(cur.kind == 'skip') & cur.item.isin(set(fb.item))])   # a reviewer's skip: the demo never skips
+    skips = cur[(cur.kind == 'skip') & cur.item.isin(set(fb.item))].drop_duplicates('item', keep='last').set_index('item')
+    rejected = set(skips.index)   # a reviewer's skip: the demo never skips
     state = ['accepted' if h in rev.index else 'rejected' if h in rejected else 'pending' for h in fb.item]
     return pd.DataFrame({'item': fb.item.tolist(), 'name': fb.name.tolist(), 'visitor': fb.annotator.tolist(), 'label': fb.label.tolist(),
                          'prediction': fb.id.map(meta.prediction).tolist(), 'model': fb.id.map(meta.model).tolist(), 'ts': fb.ts.tolist(),
-                         'state': state, 'decided': [rev.label.get(h) for h in fb.item], 'reviewer': [rev.annotator.get(h) for h in fb.item],
+                         'state': state, 'decided': [rev.label.get(h) for h in fb.item], 'reviewer': [rev.annotator.get(h, skips.annotator.get(h)) for h in fb.item],
                          'event': fb.id.tolist()}, columns=FEEDBACK_COLUMNS, dtype=object)
 
 def feedback_items(store) -> 'pd.DataFrame': # project storage: a `Store` or a URL
@@ -109,6 +110,14 @@ def trusted_events(df,               # `project_events(store)`
     return df[~(demo & df.item.isin(set(t.item[t.state == 'rejected'])))].reset_index(drop=True)
 
 # %% ../nbs/74_feedback.ipynb #997bdebb
+def pictures(n:int) -> str:
+    "'1 picture', '2 pictures'."
+    return f"{n:,} picture" + ('' if n == 1 else 's')
+
+def from_whom(counts:dict) -> str:
+    "Who gave them: 'sponsor' for one visitor, 'qa 2, sponsor 1' for several."
+    return ', '.join(v if len(counts) == 1 else f"{v} {n}" for v, n in counts.items())
+
 def join_feedback(project,      # a `Project`
                   echo=print):  # where the one line saying what joined goes; None for silence
     "Commit the feedback that may train (see `trusted_events`) into the project's dataset as one new version; returns what changed."
@@ -127,14 +136,14 @@ def join_feedback(project,      # a `Project`
     remove = sorted(n for n, h in files.items() if n.startswith(f"{FEEDBACK_FOLDER}/") and h in gone)
     if not add and not remove: return out
     if _pending(store, ds):
-        say(f"feedback: {len(add)} pictures wait to join dataset {ds!r}, which has staged changes; commit them "
+        say(f"feedback: {pictures(len(add))} wait to join dataset {ds!r}, which has staged changes; commit them "
             f"(neuronb data commit -d {ds}) or unstage them, and the next run adds the feedback")
         return dict(out, waiting=True)
     whom = items[items.item.isin(set(add.values()))].visitor.value_counts().to_dict()
     stage_objects(store, add, ds, remove=remove, source='demo feedback')
-    who = ', '.join(f"{v} {n}" for v, n in whom.items())
-    v = commit(store, ds, f"feedback: {len(add)} pictures added" + (f" ({who})" if who else '') + (f", {len(remove)} rejected removed" if remove else ''))
-    say(f"feedback: {len(add)} pictures" + (f" from {who}" if who else '') + f" joined dataset {ds!r}" +
+    who = from_whom(whom)
+    v = commit(store, ds, f"feedback: {pictures(len(add))} added" + (f" ({who})" if who else '') + (f", {len(remove)} rejected removed" if remove else ''))
+    say(f"feedback: {pictures(len(add))}" + (f" from {who}" if who else '') + f" joined dataset {ds!r}" +
         (f", {len(remove)} rejected left it" if remove else '') + f" (version {v['seq']}, {v['id'][:12]})")
     return dict(out, added=len(add), removed=len(remove), version=v, **{'from': whom})
 
