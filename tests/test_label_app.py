@@ -144,6 +144,8 @@ def test_boxes_in_chromium(digits_store):
             box = img.bounding_box()
             assert round(box['width']) == 256
             page.click('.nb-class-7')
+            # the class of the next box lives in the page: draw once the kernel's choice has arrived (the button lights up)
+            page.wait_for_selector('.nb-class-7.mod-info')
             # draw from (4, 4) to (20, 28) in image pixels: 8 screen pixels per image pixel
             page.mouse.move(box['x'] + 32, box['y'] + 32); page.mouse.down()
             page.mouse.move(box['x'] + 100, box['y'] + 150, steps=5); page.mouse.move(box['x'] + 160, box['y'] + 224, steps=5)
