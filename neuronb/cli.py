@@ -9,8 +9,8 @@ from pathlib import Path
 from .core import NeuronbError
 
 # %% auto #0
-__all__ = ['cmd_models', 'cmd_feedback', 'cmd_label', 'cmd_train', 'cmd_serve', 'cmd_init', 'cmd_run', 'cmd_demo', 'cmd_status',
-           'cmd_runs', 'cmd_show', 'cmd_sync', 'cmd_sweep', 'cmd_data', 'main']
+__all__ = ['cmd_models', 'cmd_feedback', 'cmd_monitor', 'cmd_label', 'cmd_train', 'cmd_serve', 'cmd_init', 'cmd_run', 'cmd_demo',
+           'cmd_status', 'cmd_runs', 'cmd_show', 'cmd_sync', 'cmd_sweep', 'cmd_data', 'main']
 
 # %% ../nbs/90_cli.ipynb #4020ef14
 _EPILOG = """examples:
@@ -112,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _models_parser(sub)
     _feedback_parser(sub)
+    _monitor_parser(sub)
     _serve_parser(sub)
     return p
 
@@ -276,11 +277,57 @@ def cmd_feedback(args):
     print(f"{e.item[:12]}: " + ("rejected: it will not train a model" if cmd == 'reject' else
                                 f"accepted as {e.label!r}: the next `neuronb run` adds it to the training data"))
 
+def _run_decisions(project, run_id) -> list:
+    "The monitoring decisions run `run_id` made (a monitor run) or carried out (a retraining a trigger fired)."
+    from neuronb.triggers import monitor_decisions
+    store = project.store()
+    return [d for d in monitor_decisions(store) if d['monitor_run'] == run_id or (d.get('retrain') or {}).get('run') == run_id]
+
 def _feedback_line(f:dict) -> str:
     "One line on the stakeholder feedback in a model's data (`feedback_in_data`'s answer)."
     from neuronb.feedback import pictures, from_whom
     return f"feedback in its data: {pictures(f['items'])} from stakeholders ({from_whom(f['from'])})"
 
+
+# %% ../nbs/90_cli.ipynb #5e198229
+def _monitor_parser(sub):
+    m = sub.add_parser('monitor', help="watch the champion's traffic for drift on a schedule; retrain when a trigger fires",
+                       description="Run the project's monitor notebook (pipeline.yaml's `monitor:`) on a schedule: the champion's latest "
+                                   "predictions against its reference, a verdict with its reasons, kept as a run. When a condition of "
+                                   "`triggers: {retrain: {when: [...]}}` holds, the pipeline retrains from its train stage and the "
+                                   "promotion gate decides; each decision is one line and a record in project storage.")
+    m.add_argument('dir', metavar='DIR', nargs='?', default='.', help='the project folder (default: current folder)')
+    when = m.add_mutually_exclusive_group()
+    when.add_argument('--once', action='store_true', help='one monitoring run, then exit (for cron and CI)')
+    when.add_argument('--every', metavar='TIME', help='run every TIME: 15m, 1h, 1d (default: 15m)')
+    when.add_argument('--cron', metavar='EXPR', help="run at the UTC times of a cron expression, e.g. '*/15 * * * *'")
+    when.add_argument('--history', action='store_true', help='list the decisions made so far, then exit')
+    m.add_argument('-p', '--param', action='append', default=[], metavar='NAME=VALUE', help='a monitor notebook parameter, e.g. -p window=300')
+    m.add_argument('--no-retrain', action='store_true', help='only monitor: judge the triggers but never retrain')
+    m.add_argument('--now', metavar='TIME', help='run as if it were this time (ISO 8601): the window ends there and the schedule conditions are judged then')
+    m.add_argument('--json', action='store_true', help='print JSON for scripts and CI instead of lines')
+    return m
+
+def cmd_monitor(args):
+    from neuronb.pipeline.project import load_project, parse_overrides
+    from neuronb import triggers as tr
+    project = load_project(args.dir)
+    if args.history:
+        ds = tr.monitor_decisions(project.store())
+        if args.json: return _print_json(ds)
+        if not ds: print(f"No monitoring run yet; `neuronb monitor --once {shlex.quote(os.path.relpath(project.root))}` makes the first")
+        for d in ds: print(tr.decision_line(d))
+        return 0
+    params = parse_overrides([f'monitor.{p}' for p in args.param]).get('monitor', {})
+    kw = dict(parameters=params, retrain=not args.no_retrain, echo=None if args.json else print)
+    if args.once:
+        d = tr.run_monitor(project, now=args.now, argv=args.argv, **kw)
+        if args.json: _print_json(d)
+        return 1 if d['verdict'].startswith('monitor ') or (d.get('retrain') or {}).get('outcome') == 'failed' else 0
+    if args.now: raise NeuronbError("--now is for one run (--once): a schedule runs at the real time")
+    schedule = tr.Schedule(cron=args.cron) if args.cron else tr.Schedule(every=args.every or '15m')
+    tr.monitor_loop(project, schedule, argv=args.argv, **kw)
+    return 0
 
 # %% ../nbs/90_cli.ipynb #e970842f
 def _data_parser(sub):
@@ -561,10 +608,12 @@ def cmd_show(args):
             if not latest: raise ConfigError(f"no runs recorded yet in {project.root}; run `neuronb run` first")
             run_id = latest[0]['run_id']
         run = reg.run(run_id)
-        models = _run_models(project, run_id)
-        if args.json: return _print_json(dict(run, models=models))
+        models, decided = _run_models(project, run_id), _run_decisions(project, run['run_id'])
+        if args.json: return _print_json(dict(run, models=models, monitor=decided))
         print(format_lineage(run))
         for m in models: print(f"model {m['version']}" + (f": {_feedback_line(m['feedback'])}" if m['feedback']['items'] else ": no stakeholder feedback in its data"))
+        from neuronb.triggers import decision_line
+        for d in decided: print(("monitoring decision: " if d['monitor_run'] == run['run_id'] else "a retraining the monitor fired: ") + decision_line(d))
     finally: reg.close()
     return 0
 
@@ -660,7 +709,7 @@ def cmd_data(args):
 # %% ../nbs/90_cli.ipynb #39000cbd
 _COMMANDS = {'init': cmd_init, 'run': cmd_run, 'demo': cmd_demo, 'status': cmd_status, 'runs': cmd_runs, 'show': cmd_show, 'feedback': cmd_feedback,
              'data': cmd_data, 'sync': cmd_sync, 'sweep': cmd_sweep, 'label': cmd_label, 'train': cmd_train, 'models': cmd_models,
-             'serve': cmd_serve}
+             'serve': cmd_serve, 'monitor': cmd_monitor}
 
 def _os_error(e:OSError) -> str:
     "One line for an operating-system error: what failed, on which path, and what to check."

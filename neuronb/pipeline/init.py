@@ -114,6 +114,15 @@ promote: {{metric: test_accuracy, min: null, beat: champion, by: 0.0}}
 # What stakeholders' answers on the demo page do: `review` (a reviewer accepts each in the review app or with
 # `neuronb feedback accept`), or `direct` (the next `neuronb run` trains on them as given).
 feedback: {{trust: review}}
+# `neuronb monitor` runs this notebook on a schedule: the champion's recent traffic against its reference
+# (drift of the pictures, the embeddings, the predicted classes, the confidence, and feedback accuracy).
+monitor:
+  notebook: stages/07_monitor.ipynb
+  parameters: {{window: 500, min_requests: 100}}
+# What makes `neuronb monitor` retrain (any one condition): a drift verdict, that many new labels since the
+# champion was trained, or a champion that old. The retrained model passes the promotion gate like any other.
+triggers:
+  retrain: {{when: [drift, new_labels >= 200, every: 30d]}}
 # `neuronb label serve --annotators alice,bob` serves the labeling app to labelers, one private link each.
 labeling:
   notebook: labeling/label.ipynb

@@ -12,8 +12,8 @@ from ..core import ConfigError, NeuronbError, StageFailed, PIPELINE_FILE, find_p
 
 # %% auto #0
 __all__ = ['DEFAULT_GATE', 'TRUST', 'Stage', 'Project', 'producers', 'dependencies', 'upstream', 'downstream', 'check_graph',
-           'load_yaml', 'parse_pipeline', 'parse_labeling', 'parse_promote', 'parse_feedback', 'load_project',
-           'check_parameters', 'parse_overrides']
+           'load_yaml', 'parse_pipeline', 'parse_labeling', 'parse_promote', 'parse_feedback', 'parse_duration',
+           'parse_monitor', 'parse_triggers', 'load_project', 'check_parameters', 'parse_overrides']
 
 # %% ../../nbs/61_pipeline.project.ipynb #a0140a62
 @dataclass
@@ -41,6 +41,8 @@ class Project:
     dataset: str = 'images'     # the dataset of the project's images in its storage: what ingest commits and the stages read
     promote: dict = field(default_factory=lambda: dict(DEFAULT_GATE))  # the promotion gate (see `parse_promote`)
     feedback: dict = field(default_factory=lambda: {'trust': 'review'})  # what the demo's feedback does (see `parse_feedback`)
+    monitor: dict|None = None   # the `monitor:` block: the notebook `neuronb monitor` runs (see `parse_monitor`)
+    triggers: dict = field(default_factory=dict)  # `triggers:`: what fires a retraining (see `parse_triggers`)
 
     @property
     def runs_dir(self): return self.root/'runs'
@@ -154,7 +156,7 @@ def load_yaml(text:str, path='pipeline.yaml'):
     except yaml.YAMLError as e: raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
 
 # %% ../../nbs/61_pipeline.project.ipynb #b9dd7c21
-_PROJECT_KEYS = {'name', 'dataset', 'storage', 'kernel', 'timeout', 'stages', 'registry', 'labeling', 'promote', 'feedback'}
+_PROJECT_KEYS = {'name', 'dataset', 'storage', 'kernel', 'timeout', 'stages', 'registry', 'labeling', 'promote', 'feedback', 'monitor', 'triggers'}
 _STAGE_KEYS = {'notebook', 'parameters', 'timeout', 'inputs', 'outputs', 'needs'}
 _NAME_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_-]*$')
 
@@ -202,7 +204,8 @@ def parse_pipeline(text:str, root:Path, path='pipeline.yaml') -> Project:
                       [_parse_stage(n, s, path) for n, s in stages.items()], cfg.get('registry'),
                       parse_labeling(cfg['labeling'], path) if cfg.get('labeling') is not None else None,
                       _dataset_name(cfg.get('dataset', 'images'), path), parse_promote(cfg.get('promote'), path),
-                      parse_feedback(cfg.get('feedback'), path))
+                      parse_feedback(cfg.get('feedback'), path), parse_monitor(cfg.get('monitor'), path),
+                      parse_triggers(cfg.get('triggers'), path))
     check_graph(project, path)
     return project
 
@@ -260,6 +263,48 @@ def parse_feedback(spec, path='pipeline.yaml') -> dict:
         raise ConfigError(f"{path}: feedback.trust must be review (a reviewer accepts each correction first) or direct "
                           f"(the next run trains on it as given), not {trust!r}")
     return {'trust': trust}
+
+# %% ../../nbs/61_pipeline.project.ipynb #3e9b18bf
+_UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
+
+def parse_duration(text, what='a duration') -> float:
+    "Seconds in `text` such as `15m`, `7d`, `90s`, `1.5h` (or a number of seconds); a ConfigError naming `what` otherwise."
+    if isinstance(text, (int, float)) and not isinstance(text, bool) and text > 0: return float(text)
+    m = re.fullmatch(r'\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*', str(text))
+    if not m or float(m[1]) <= 0:
+        raise ConfigError(f"{what} is {text!r}; write it as a number and a unit: 90s, 15m, 6h, 7d or 2w")
+    return float(m[1]) * _UNITS[m[2]]
+
+def parse_monitor(spec, path='pipeline.yaml') -> dict|None:
+    "The `monitor:` block checked: the notebook `neuronb monitor` runs, and its parameters."
+    if spec is None: return None
+    if not isinstance(spec, dict) or 'notebook' not in spec:
+        raise ConfigError(f"{path}: `monitor` must be a mapping with a notebook, e.g. monitor: {{notebook: stages/07_monitor.ipynb}}")
+    _check_keys(spec, {'notebook', 'parameters', 'timeout'}, '`monitor`', path)
+    params = spec.get('parameters') or {}
+    if not isinstance(params, dict): raise ConfigError(f"{path}: monitor.parameters must be a mapping of name: value")
+    return {'notebook': _norm(str(spec['notebook'])), 'parameters': dict(params), 'timeout': spec.get('timeout')}
+
+def _condition(c, path) -> dict:
+    "One `when:` entry as `{'kind', ...}`."
+    if c == 'drift': return {'kind': 'drift', 'text': 'drift'}
+    if isinstance(c, dict) and list(c) == ['every']:
+        return {'kind': 'every', 'seconds': parse_duration(c['every'], f"{path}: triggers every"), 'text': f"every {c['every']}"}
+    m = re.fullmatch(r'\s*new_labels\s*>=\s*(\d+)\s*', str(c)) if isinstance(c, str) else None
+    if m and int(m[1]) >= 1: return {'kind': 'new_labels', 'at_least': int(m[1]), 'text': f"new_labels >= {m[1]}"}
+    raise ConfigError(f"{path}: trigger condition {c!r} is not one neuronb knows; use drift, new_labels >= 200 or every: 7d")
+
+def parse_triggers(spec, path='pipeline.yaml') -> dict:
+    "The `triggers:` block checked: `{'retrain': [conditions]}` (empty without the block)."
+    if spec is None: return {}
+    if not isinstance(spec, dict): raise ConfigError(f"{path}: `triggers` must be a mapping, e.g. triggers: {{retrain: {{when: [drift]}}}}")
+    _check_keys(spec, {'retrain'}, '`triggers` (the one action is retrain)', path)
+    r = spec.get('retrain')
+    if not isinstance(r, dict) or set(r) != {'when'}:
+        raise ConfigError(f"{path}: triggers.retrain must be a mapping with `when`, e.g. retrain: {{when: [drift, new_labels >= 200, every: 7d]}}")
+    when = r['when'] if isinstance(r['when'], list) else [r['when']]
+    if not when: raise ConfigError(f"{path}: triggers.retrain.when lists no condition; list at least one, e.g. [drift]")
+    return {'retrain': [_condition(c, path) for c in when]}
 
 # %% ../../nbs/61_pipeline.project.ipynb #e8ccff61
 def load_project(path=None) -> Project:
