@@ -37,7 +37,7 @@ postgres:
 test: install browser postgres
 	@# one process per notebook: kernel-starting notebooks leave nothing behind for the next one
 	@for nb in nbs/*.ipynb; do WANDB_MODE=disabled $(BIN)/nbdev_test --path $$nb --n_workers 0 --flags slow || exit 1; done; echo "notebook tests passed"
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q tests
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q --durations=15 tests
 
 # The notebooks are the source: exporting and cleaning them must not change the tree.
 check: install

@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--force', action='store_true', help='run every considered stage even if it is up to date')
     s.add_argument('-j', '--jobs', type=int, default=1, metavar='N', help='run up to N independent stages at once (default: 1)')
     s.add_argument('--wait', action='store_true', help='if another writer holds the project, wait for it instead of refusing')
+    s.add_argument('--executor', metavar='NAME', help="where stages run: local (warm kernels here) or dask (pipeline.yaml's dask options, "
+                                                      "else a local cluster of 2 workers); default: pipeline.yaml's executor, else local")
     s = sub.add_parser('demo', help='serve the demo notebook as a web app with Voila, one private link per stakeholder',
                        description='Serve the project\'s demo notebook (and nothing else) with Voila behind private links, '
                                    'pages preheated with the model loaded, and print the links.')
@@ -523,7 +525,7 @@ def cmd_run(args):
     start = time.time()
     if args.jobs < 1: raise NeuronbError(f"--jobs must be 1 or more (stages to run at once), not {args.jobs}")
     run = run_pipeline(project, overrides=parse_overrides(args.param), only=args.only, from_=args.from_,
-                       force=args.force, jobs=args.jobs, argv=args.argv, wait=args.wait)
+                       force=args.force, jobs=args.jobs, argv=args.argv, wait=args.wait, executor=args.executor)
     if run.run_id is None:
         print(f"Everything is up to date ({time.time()-start:.2f}s); `neuronb run --force` reruns it anyway.")
         return 0

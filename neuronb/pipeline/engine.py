@@ -131,8 +131,9 @@ def _new_run_id(): return datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S-') 
 # %% ../../nbs/64_pipeline.engine.ipynb #349f4c29
 class _Runner:
     "The state of one pipeline run: registry, run folder, kernels, outcomes."
-    def __init__(self, project, params, echo, argv, pool, jobs=1):
+    def __init__(self, project, params, echo, argv, pool, jobs=1, executor=None):
         self.project, self.params, self.echo, self.argv, self.pool = project, params, echo, argv, pool
+        self.executor_spec, self.executor, self.considered, self._warmed = executor, None, [s.name for s in project.stages], 0
         self.jobs, self.own_pool = jobs if pool is None else 0, None  # our own pool: kernels start ahead
         self.registry, self.cache, self.store = _registry(project), _cache(project), _store_opener(project)
         self.run_id = self.folder = None
@@ -144,14 +145,24 @@ class _Runner:
     def say(self, msg):
         if self.echo: self.echo(msg, flush=True)
 
+    def next_imports(self) -> list:
+        "What the next pooled kernel imports while it waits: the imports of the stage it will most likely run (the next in order)."
+        from neuronb.pipeline.executors import notebook_imports
+        with self.lock:
+            names, self._warmed = self.considered[self._warmed:self._warmed + 1], self._warmed + 1
+        return notebook_imports(self.project.root/self.project.stage(names[0]).notebook) if names else []
+
     def start(self):
         "Create the run's folder, registry record and kernel pool, on the first stage that has to run."
         with self.lock:
             if self.run_id: return
-            if self.pool is None and self.jobs:
+            from neuronb.pipeline.executors import make_executor, parse_executor
+            local = parse_executor(self.project.executor if self.executor_spec is None else self.executor_spec)[0] == 'local'
+            if self.pool is None and self.jobs and local:
                 from neuronb.pipeline.kernels import KernelPool
                 first = self.project.root/self.project.stages[0].notebook
-                self.pool = self.own_pool = KernelPool(self.project.kernel, size=self.jobs, cwd=first.parent)
+                self.pool = self.own_pool = KernelPool(self.project.kernel, size=self.jobs, cwd=first.parent, preload=self.next_imports)
+            self.executor = make_executor(self.project, self.executor_spec, pool=self.pool or None, interrupt=self.interrupt)
             self.run_id = _new_run_id()
             self.folder = self.project.runs_dir/self.run_id
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -173,16 +184,17 @@ def _missing_outputs(self, stage):
 _Runner.missing_outputs = _missing_outputs
 
 def _run_stage(self, plan) -> StageOutcome:
-    from neuronb.pipeline.runner import run_notebook
+    from neuronb.pipeline.executors import StageJob
+    with self.lock:
+        if not self.run_id: self._warmed = self.considered.index(plan.stage)   # the first kernel is for this stage
     self.start()
     s, started, i = self.project.stage(plan.stage), utc_now(), self.index[plan.stage]
     rel = lambda p: os.path.relpath(p, self.project.root) if p else None
     out = self.folder/f'{i:02d}_{s.name}.ipynb'
     self.record(plan, 'running', started=started, notebook=rel(out))
     self.say(f"[{i}/{len(self.index)}] {s.name:<10} running ({plan.reason or 'forced'})")
-    res = run_notebook(self.project.root/s.notebook, out, plan.parameters, stage=s.name, kernel_name=self.project.kernel,
-                       timeout=s.timeout or self.project.timeout, pool=self.pool or None, interrupt=self.interrupt,
-                       context={'run_id': self.run_id, 'stage': s.name, 'project': self.project.root})
+    res = self.executor.run(StageJob(s.name, self.project.root/s.notebook, out, plan.parameters, self.project.kernel, s.timeout or self.project.timeout,
+                                     {'run_id': self.run_id, 'stage': s.name, 'project': self.project.root}, s.resources))
     status, error, outputs = res.status, res.error, {}  # an interrupted stage's outputs are not recorded: nothing is reused
     if status == 'ok':
         outputs, missing = self.missing_outputs(s)
@@ -228,6 +240,7 @@ _Runner.reuse = _reuse
 
 # %% ../../nbs/64_pipeline.engine.ipynb #d80a2f0b
 def _schedule(self, considered, forced, jobs) -> list:
+    self.considered = list(considered)
     deps, fps, done = dependencies(self.project), {}, {}
     pending, running = list(considered), {}
     with ThreadPoolExecutor(max_workers=jobs) as ex:
@@ -345,7 +358,8 @@ def run_pipeline(project,            # a `Project`, or a path inside one
                  argv=None,          # the command line, for the registry and the project lock
                  pool=None,          # a `KernelPool` to take kernels from; None: one of `jobs` kernels started ahead;
                                      # False: a fresh kernel per stage
-                 wait=False):        # another writer holds the project: wait for it (else `ProjectBusy` at once)
+                 wait=False,         # another writer holds the project: wait for it (else `ProjectBusy` at once)
+                 executor=None):     # where stages run: 'local', 'dask', {'dask': {...}}; None: pipeline.yaml's `executor:`
     "Run the stages that are not up to date, in dependency order; every executed notebook is kept under `runs/`."
     from neuronb.pipeline.lock import ProjectLock, TOKEN_ENV
     project = project if isinstance(project, Project) else load_project(project)
@@ -360,7 +374,7 @@ def run_pipeline(project,            # a `Project`, or a path inside one
     command = 'neuronb ' + shlex.join(argv) if argv is not None else f'run_pipeline({project.name!r})'
     with ProjectLock(store, command, wait=wait, echo=echo or (lambda *a, **k: None)) as lock:
         token, os.environ[TOKEN_ENV] = os.environ.get(TOKEN_ENV), lock.token or os.environ.get(TOKEN_ENV, '')
-        r = _Runner(project, params, echo, argv, pool, jobs if pool is not False else 0)
+        r = _Runner(project, params, echo, argv, pool, jobs if pool is not False else 0, executor)
         r.store = lambda: store
         try:
             if lock.token: bury_dead_runs(project, r.registry, echo); join_waiting_feedback(project, store, echo)
@@ -376,6 +390,7 @@ def run_pipeline(project,            # a `Project`, or a path inside one
             if token is None: os.environ.pop(TOKEN_ENV, None)
             else: os.environ[TOKEN_ENV] = token
             if r.own_pool: r.own_pool.shutdown()
+            if r.executor is not None: r.executor.close()
             r.registry.close(); r.cache.save()
 
 class RunInterrupted(KeyboardInterrupt):

@@ -94,7 +94,9 @@ async def _apreload(km, modules, timeout=300):
     kc = km.client(); kc.start_channels()
     try:
         await kc.wait_for_ready(timeout=timeout)
-        msg_id = kc.execute('\n'.join(f'import {m}' for m in modules), silent=True, store_history=False)
+        # each module on its own, none bound to a name: a module that fails to import leaves the others loaded
+        code = f"import importlib as _il\nfor _m in {list(modules)!r}:\n    try: _il.import_module(_m)\n    except Exception: pass\ndel _il, _m"
+        msg_id = kc.execute(code, silent=True, store_history=False)
         while (await kc.shell_channel.get_msg(timeout=timeout))['parent_header'].get('msg_id') != msg_id: pass
     except Empty: pass  # a stage that imports them will wait, or fail with the real error
     finally:
@@ -155,18 +157,23 @@ def _result(fut):
     try: return fut.result()
     except Exception: return None
 
+def _check_modules(modules) -> list:
+    bad = [m for m in modules if not (isinstance(m, str) and m and all(p.isidentifier() for p in m.split('.')))]
+    if bad: raise ConfigError(f"preload must list module names like 'numpy' or 'neuronb.core'; not {bad[0]!r}")
+    return list(modules)
+
 class KernelPool:
     "Kernels started ahead, per working folder, handed out one per stage; thread-safe."
     def __init__(self, kernel_name='python3', # the Jupyter kernel the pool starts
                  size=1,                      # idle kernels to keep ready
                  cwd=None,                    # folder the first kernels start in; default: the working directory
                  env=None,                    # extra environment variables for the kernels
-                 preload=()):                 # modules each kernel imports while it waits, e.g. ['neuronb.train.learner']
+                 preload=()):                 # modules each kernel imports while it waits, e.g. ['neuronb.train.learner'];
+                                              # or a function giving the list for each new kernel
         if type(size) is not int or size < 1: raise ConfigError(f"a kernel pool's size must be a whole number >= 1, got {size!r}")
-        bad = [m for m in preload if not (isinstance(m, str) and m and all(p.isidentifier() for p in m.split('.')))]
-        if bad: raise ConfigError(f"preload must list module names like 'numpy' or 'neuronb.core'; not {bad[0]!r}")
+        if not callable(preload): _check_modules(preload)
         check_kernel(kernel_name)
-        self.kernel_name, self.size, self.env, self.preload = kernel_name, size, dict(env or {}), list(preload)
+        self.kernel_name, self.size, self.env, self.preload = kernel_name, size, dict(env or {}), preload if callable(preload) else list(preload)
         self._lock, self._idle, self._stoppers, self._closed = threading.RLock(), [], [], False
         atexit.register(self.shutdown)
         with self._lock:
@@ -182,9 +189,10 @@ class KernelPool:
 def _spawn(self:KernelPool, cwd:Path):
     "Start a kernel for `cwd` in the background (the caller holds the lock)."
     fut, log = Future(), _kernel_log()
+    modules = _check_modules(self.preload()) if callable(self.preload) else self.preload   # decided now: the next stage's
     async def astart():
         km = await _astart(self.kernel_name, cwd, log, self.env)
-        if self.preload: await _apreload(km, self.preload)
+        if modules: await _apreload(km, modules)
         return km
     def start():
         try: fut.set_result(asyncio.run(astart()))

@@ -26,6 +26,7 @@ class Stage:
     inputs: list = field(default_factory=list)      # files or folders it reads (relative to the project)
     outputs: list = field(default_factory=list)     # files or folders it writes
     needs: list = field(default_factory=list)       # stages that must run first, beyond those inputs imply
+    resources: dict = field(default_factory=dict)   # what it asks of the machine that runs it, e.g. {gpu: 1, memory: 8GiB}
 
 @dataclass
 class Project:
@@ -43,6 +44,7 @@ class Project:
     feedback: dict = field(default_factory=lambda: {'trust': 'review'})  # what the demo's feedback does (see `parse_feedback`)
     monitor: dict|None = None   # the `monitor:` block: the notebook `neuronb monitor` runs (see `parse_monitor`)
     triggers: dict = field(default_factory=dict)  # `triggers:`: what fires a retraining (see `parse_triggers`)
+    executor: object = None     # `executor:`: where stages run ('local', 'dask' or {dask: {...}}); None: local
 
     @property
     def runs_dir(self): return self.root/'runs'
@@ -156,8 +158,8 @@ def load_yaml(text:str, path='pipeline.yaml'):
     except yaml.YAMLError as e: raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
 
 # %% ../../nbs/61_pipeline.project.ipynb #b9dd7c21
-_PROJECT_KEYS = {'name', 'dataset', 'storage', 'kernel', 'timeout', 'stages', 'registry', 'labeling', 'promote', 'feedback', 'monitor', 'triggers'}
-_STAGE_KEYS = {'notebook', 'parameters', 'timeout', 'inputs', 'outputs', 'needs'}
+_PROJECT_KEYS = {'name', 'dataset', 'storage', 'kernel', 'timeout', 'stages', 'registry', 'labeling', 'promote', 'feedback', 'monitor', 'triggers', 'executor'}
+_STAGE_KEYS = {'notebook', 'parameters', 'timeout', 'inputs', 'outputs', 'needs', 'resources'}
 _NAME_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_-]*$')
 
 def _check_keys(found, allowed, where, path):
@@ -173,7 +175,9 @@ def _parse_stage(name, spec, path) -> Stage:
     params = spec.get('parameters') or {}
     if not isinstance(params, dict): raise ConfigError(f"{path}: parameters of stage {name!r} must be a mapping of name: value")
     lists = {k: _str_list(spec.get(k), k, name, path) for k in ('inputs', 'outputs', 'needs')}
-    return Stage(name, str(spec['notebook']), dict(params), spec.get('timeout'), **lists)
+    res = spec.get('resources') or {}
+    if not isinstance(res, dict): raise ConfigError(f"{path}: resources of stage {name!r} must be a mapping, e.g. resources: {{gpu: 1, memory: 8GiB}}")
+    return Stage(name, str(spec['notebook']), dict(params), spec.get('timeout'), **lists, resources=dict(res))
 
 def _str_list(value, key, stage, path) -> list:
     if value is None: return []
@@ -205,7 +209,7 @@ def parse_pipeline(text:str, root:Path, path='pipeline.yaml') -> Project:
                       parse_labeling(cfg['labeling'], path) if cfg.get('labeling') is not None else None,
                       _dataset_name(cfg.get('dataset', 'images'), path), parse_promote(cfg.get('promote'), path),
                       parse_feedback(cfg.get('feedback'), path), parse_monitor(cfg.get('monitor'), path),
-                      parse_triggers(cfg.get('triggers'), path))
+                      parse_triggers(cfg.get('triggers'), path), cfg.get('executor'))
     check_graph(project, path)
     return project
 
