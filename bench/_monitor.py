@@ -46,3 +46,14 @@ def answered(served, pictures: list, batch: int = 64):
     for k in range(0, len(pictures), batch):
         rows += answer_files(served, [(f'{k + j}.png', d) for j, d in enumerate(pictures[k:k + batch])])[1]
     return pd.DataFrame(rows)
+
+
+def champion_reference(root: Path) -> tuple:
+    "`(store, served champion, its reference rows)` of the project at `root` (the reference built now if it is not kept yet)."
+    from neuronb.pipeline.project import load_project
+    from neuronb.monitor import reference_frame
+    from neuronb.serve import load_served
+    project = load_project(root)
+    store = project.store()
+    served = load_served(store)
+    return store, served, reference_frame(store, served.version, dataset=project.dataset, progress=False)

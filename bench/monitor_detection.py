@@ -20,7 +20,7 @@ import argparse, json, shutil, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
-from _monitor import make_project, traffic, inverted, answered
+from _monitor import make_project, traffic, inverted, answered, champion_reference
 
 
 def evidently_rule(ref, win) -> bool:
@@ -48,16 +48,11 @@ def main():
     ap.add_argument('--project', default=None, help="a project made by this bench's make_project before (with traffic/ beside it)")
     ap.add_argument('--share', type=float, default=0.3, help='the share of drifted traffic that is inverted (default 0.3)')
     args = ap.parse_args()
-    from neuronb.pipeline.project import load_project
-    from neuronb.monitor import reference_frame, drift_report
-    from neuronb.serve import load_served
+    from neuronb.monitor import drift_report
     tmp = Path(tempfile.mkdtemp(prefix='nb-monitor-det-'))
     try:
         root = Path(args.project) if args.project else make_project(tmp)
-        project = load_project(root)
-        store = project.store()
-        served = load_served(store)
-        ref = reference_frame(store, '@champion', dataset=project.dataset, progress=False)
+        store, served, ref = champion_reference(root)
         pictures, rng = traffic(root), np.random.default_rng(1)
         clean = answered(served, pictures[:len(pictures) // 2])
         stream = pictures[len(pictures) // 2:]

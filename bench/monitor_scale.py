@@ -13,7 +13,7 @@ import argparse, json, shutil, subprocess, sys, tempfile, time, uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
-from _monitor import ENV, BIN, make_project, traffic, answered
+from _monitor import ENV, BIN, make_project, traffic, answered, champion_reference
 
 
 def add_rows(store, rows: list, n: int, start: datetime, span: timedelta, flush_every: int = 5000):
@@ -45,16 +45,10 @@ def main():
     ap.add_argument('--rows', type=int, default=100_000)
     ap.add_argument('--project', default=None, help="a project made by bench/_monitor.py's make_project (with traffic/ beside it)")
     args = ap.parse_args()
-    from neuronb.pipeline.project import load_project
-    from neuronb.monitor import reference_frame
-    from neuronb.serve import load_served
     tmp = Path(tempfile.mkdtemp(prefix='nb-monitor-scale-'))
     try:
         root = Path(args.project) if args.project else make_project(tmp)
-        project = load_project(root)
-        store = project.store()
-        served = load_served(store)
-        reference_frame(store, served.version, dataset=project.dataset, progress=False)
+        store, served, _ = champion_reference(root)   # built before either run is timed
         rows = answered(served, traffic(root)[:500]).to_dict('records')
         now = datetime.now(timezone.utc)
         add_rows(store, rows, 1000, now - timedelta(days=8), timedelta(hours=1))
