@@ -121,22 +121,23 @@ def _input_tests(ref, win) -> list:
     for c in INPUT_STATS:
         r, w = ref[c].astype(float).to_numpy(), win[c].astype(float).to_numpy()
         if np.all(r == r[0]) and np.all(w == r[0]): continue   # the same constant on both sides: nothing to test
-        p = float(stats.ks_2samp(r, w).pvalue)
+        p, shift = float(stats.ks_2samp(r, w).pvalue), psi(r, w)
         scale = r.std() or abs(r.mean()) or 1.0
-        out.append({'test': f'input {c}', 'kind': 'input', 'p': p, 'psi': round(psi(r, w), 4),
+        out.append({'test': f'input {c}', 'kind': 'input', 'p': p, 'psi': round(shift, 4),
                     'wasserstein': round(float(stats.wasserstein_distance(r, w)) / scale, 4),
                     'reference': round(float(r.mean()), 4), 'window': round(float(w.mean()), 4),
-                    'says': f"the images' {_WHAT[c]} ({c}) moved: mean {r.mean():.3g} -> {w.mean():.3g}, PSI {psi(r, w):.2f}"})
+                    'says': f"the images' {_WHAT[c]} ({c}) moved: mean {r.mean():.3g} -> {w.mean():.3g}, PSI {shift:.2f}"})
     return out
 
 def _class_test(ref, win) -> dict:
     from scipy import stats
     classes = sorted(set(ref.label) | set(win.label))
     table = np.array([[int((ref.label == c).sum()) for c in classes], [int((win.label == c).sum()) for c in classes]])
-    p = float(stats.chi2_contingency(table).pvalue) if len(classes) > 1 else 1.0
+    chi2 = stats.chi2_contingency(table) if len(classes) > 1 else None   # one class on both sides: nothing to test
+    p = float(chi2.pvalue) if chi2 else 1.0
     share = table / table.sum(1, keepdims=True)
     i = int(np.abs(share[1] - share[0]).argmax())
-    return {'test': 'predicted classes', 'kind': 'prediction', 'p': p, 'chi2': round(float(stats.chi2_contingency(table).statistic), 3) if len(classes) > 1 else 0.0,
+    return {'test': 'predicted classes', 'kind': 'prediction', 'p': p, 'chi2': round(float(chi2.statistic), 3) if chi2 else 0.0,
             'reference': dict(zip(classes, np.round(share[0], 4).tolist())), 'window': dict(zip(classes, np.round(share[1], 4).tolist())),
             'says': f"the mix of predicted classes changed: {classes[i]!r} is {share[1][i]:.0%} of predictions, {share[0][i]:.0%} on the reference"}
 

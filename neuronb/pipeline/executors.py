@@ -99,10 +99,9 @@ def dask_resources(resources:dict) -> dict:
 def _is_local_storage(storage:str) -> bool:
     return '://' not in str(storage) or str(storage).startswith('file://')
 
-def _ship(root:Path, storage:str) -> bytes:
-    "The project's own files as a zip for a remote worker: not runs/, .neuronb/, local storage or anything over the limit."
+def _ship(root:Path) -> bytes:
+    "The project's own files as a zip for a remote worker (its storage is elsewhere): not runs/, .neuronb/ or anything over the limit."
     skip = {'runs', '.neuronb', '.git', '__pycache__', '.ipynb_checkpoints'}
-    if _is_local_storage(storage): skip.add(Path(str(storage).replace('file://', '')).parts[0] if not Path(storage).is_absolute() else '')
     buf, total = io.BytesIO(), 0
     with zipfile.ZipFile(buf, 'w', zipfile.ZIP_DEFLATED) as z:
         for p in sorted(root.rglob('*')):
@@ -157,7 +156,7 @@ class DaskExecutor:
             try: self.client = Client(options['address'], timeout='20s')
             except (OSError, TimeoutError) as e:
                 raise ConfigError(f"no Dask scheduler answers at {options['address']} ({type(e).__name__}: {e}); start it (dask scheduler) or fix executor.dask.address") from None
-            if not options.get('shared_storage'): self.files = _ship(project.root, project.storage)
+            if not options.get('shared_storage'): self.files = _ship(project.root)   # storage is not local here: refused above
         else:
             n = options.get('workers', 2)
             if not isinstance(n, int) or isinstance(n, bool) or n < 1: raise ConfigError(f"executor.dask.workers must be a whole number >= 1, not {n!r}")
